@@ -1,0 +1,7 @@
+"""tokstore: VQ-VAE motion codes in one chunked, crash-safe store."""
+
+__version__ = "0.1.0"
+
+from .errors import TokstoreError  # noqa: E402
+
+__all__ = ["TokstoreError", "__version__"]
