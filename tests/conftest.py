@@ -1,0 +1,26 @@
+"""Shared test fixtures: where the golden sets of the original implementation live."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+GOLDEN = SHARED / "golden"
+GOLDEN_SETS = ["fsq64000", "ema512"]
+REAL_STATS = SHARED / "data" / "motionmillion" / "mean_std" / "vector_272"
+
+
+def golden_info(name: str) -> dict:
+    return json.loads((GOLDEN / name / "expected" / "info.json").read_text())
+
+
+@pytest.fixture(params=GOLDEN_SETS)
+def golden(request):
+    """(directory, info.json dict) of each golden set."""
+    path = GOLDEN / request.param
+    if not path.is_dir():
+        pytest.fail(f"golden set missing: {path} (tests expect ../shared beside the checkout)")
+    return path, golden_info(request.param)
