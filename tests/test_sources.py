@@ -395,6 +395,20 @@ def test_other_dtypes_and_orders_load_like_np_load(dataset):
         assert np.array_equal(loaded[i][0], reference(entries[i], mean, std))
 
 
+def test_non_ascii_names(dataset):
+    lay = dataset.layout
+    name = "caf\u00e9/\u540d\u524d 1"
+    Path(lay.motion_path(name)).parent.mkdir(parents=True)
+    Path(lay.text_path(name)).parent.mkdir(parents=True)
+    np.save(lay.motion_path(name), np.load(lay.motion_path(dataset.names[0])))
+    Path(lay.text_path(name)).write_text("d\u00e9j\u00e0 vu\n", encoding="utf-8")
+    mean, std = load_stats(lay.mean_file, lay.std_file, 272)
+    entries = preflight(lay, [name], 272, UNIT).entries
+    loaded, failures, _, _ = collect(entries, mean, std, workers=1)
+    assert failures == [] and loaded[0][1] == ["d\u00e9j\u00e0 vu\n"]
+    assert np.array_equal(loaded[0][0], reference(entries[0], mean, std))
+
+
 def test_unit_mismatch_is_refused(dataset):
     mean, std = load_stats(dataset.layout.mean_file, dataset.layout.std_file, 272)
     entries = preflight(dataset.layout, dataset.names, 272, 2).entries

@@ -429,6 +429,21 @@ class WindowEnd(NamedTuple):
         return self.stop - self.start
 
 
+class _PackedStrings:
+    """Strings in one byte array. Forked DataLoader workers reading a list of Python objects bump
+    their refcounts and so copy the parent's pages (2M entries: ~0.8 GB per worker); a numpy array
+    has no per-item objects to touch."""
+
+    def __init__(self, strings):
+        encoded = [s.encode() for s in strings]
+        self.offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(encoded), np.uint8)
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
+
+
 def _read_motion(path: str, shape: tuple, scratch: np.ndarray) -> np.ndarray:
     """The array in a .npy file, read into `scratch` when it is C-ordered float32 (np.load
     allocates fresh memory for every file, which made loading several times slower)."""
@@ -446,10 +461,11 @@ def _read_motion(path: str, shape: tuple, scratch: np.ndarray) -> np.ndarray:
     return motion.T if fortran else motion
 
 
-def _load_one(entry: Entry, scratch: np.ndarray, mean, std, out: np.ndarray) -> str | None:
-    """Read, crop (start 0), normalize `entry` into `out` (m frames); the failure reason or None."""
+def _load_one(path: str, frames: int, scratch: np.ndarray, mean, std,
+              out: np.ndarray) -> str | None:
+    """Read, crop (start 0), normalize a motion into `out` (m frames): a failure reason or None."""
     try:
-        motion = _read_motion(entry.motion_path, (entry.frames, out.shape[-1]), scratch)
+        motion = _read_motion(path, (frames, out.shape[-1]), scratch)
     except FileNotFoundError:
         return "missing motion file"
     except (OSError, ValueError, SyntaxError) as exc:
@@ -468,26 +484,31 @@ class _BatchLoader:
     one tensor per motion between processes manages only ~1,000 files/s."""
 
     def __init__(self, entries: list[Entry], plan: BatchPlan, mean: np.ndarray, std: np.ndarray):
-        self.entries, self.plan, self.mean, self.std = entries, plan, mean, std
+        self.motion_paths = _PackedStrings(e.motion_path for e in entries)
+        self.text_paths = _PackedStrings(e.text_path for e in entries)
+        self.frames = np.fromiter((e.frames for e in entries), np.int64, len(entries))
+        self.plan, self.mean, self.std = plan, mean, std
 
     def __len__(self) -> int:
         return len(self.plan.batches)
 
     def __getitem__(self, i: int):
         planned = self.plan.batches[i]
-        batch = [self.entries[entry_id] for entry_id in planned.entry_ids.tolist()]
+        ids = planned.entry_ids.tolist()
         dim = len(self.mean)
-        motions = np.empty((len(batch), planned.length, dim), np.float32)
-        scratch = np.empty((max(e.frames for e in batch), dim), np.float32)  # before cropping
+        motions = np.empty((len(ids), planned.length, dim), np.float32)
+        scratch = np.empty((int(self.frames[ids].max()), dim), np.float32)  # before cropping
         ok, texts, failures = [], [], []
-        for entry_id, entry in zip(planned.entry_ids.tolist(), batch):
-            path = entry.motion_path
-            reason = _load_one(entry, scratch, self.mean, self.std, motions[len(ok)])
+        for entry_id in ids:
+            path = self.motion_paths[entry_id]
+            reason = _load_one(path, int(self.frames[entry_id]), scratch, self.mean, self.std,
+                               motions[len(ok)])
             if reason is None:
+                path = self.text_paths[entry_id]
                 try:
-                    texts.append(read_captions(entry.text_path))
+                    texts.append(read_captions(path))
                 except (OSError, UnicodeDecodeError) as exc:
-                    path, reason = entry.text_path, f"unreadable caption file ({_reason(exc)})"
+                    reason = f"unreadable caption file ({_reason(exc)})"
             if reason is None:
                 ok.append(entry_id)
             else:
