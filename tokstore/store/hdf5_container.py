@@ -14,7 +14,8 @@ Why this shape:
    writer that gets the lock knows the flags are stale and clears them (what `h5clear -s`
    does: flags to 0, end-of-file address to at least the file size, superblock checksum redone).
  - Readers open with `swmr=True, locking=False` and read the record *before* HDF5's metadata,
-   so every committed chunk is indexed; raw chunks are then memory-mapped at their byte offsets.
+   so every committed chunk is indexed. Chunk byte offsets are looked up once per array, and raw
+   chunks are memory-mapped there: reads make no HDF5 call (also none in forked workers).
 """
 from __future__ import annotations
 
@@ -145,14 +146,17 @@ class HDF5Container:
             return ChunkedArray(name, dtype, length, chunk_len,
                                 lambda k: dataset[k * chunk_len:(k + 1) * chunk_len], mapped=False)
         nbytes = chunk_len * dtype.itemsize
+        where: dict[int, int] = {}  # chunk -> byte offset, all found now: no HDF5 call per read
+        dataset.id.chunk_iter(lambda info: where.__setitem__(info.chunk_offset[0] // chunk_len,
+                                                             info.byte_offset))
 
         def load(k: int) -> np.ndarray:
-            info = dataset.id.get_chunk_info_by_coord((k * chunk_len,))
-            if info.byte_offset is None or info.size != nbytes:
+            offset = where.get(k)
+            if offset is None:
                 raise StoreCorruptError(f"{name}: chunk {k} is missing from the HDF5 file")
-            if self._map is None or info.byte_offset + nbytes > len(self._map):
+            if self._map is None or offset + nbytes > len(self._map):
                 self._map = map_file(self.path)  # the file grew since the last map
-            return np.frombuffer(self._map, dtype=dtype, count=chunk_len, offset=info.byte_offset)
+            return np.frombuffer(self._map, dtype=dtype, count=chunk_len, offset=offset)
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
 
