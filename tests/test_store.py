@@ -245,6 +245,16 @@ def test_create_refuses_an_existing_store_unless_overwrite(tmp_path, backend):
     TokenStore.create(path, 5, backend=backend, overwrite=True).close()
     with TokenStore.open(path) as store:
         assert len(store) == 0 and store.codebook_size == 5
+    if backend == "zarr":
+        precious = tmp_path / "folder"
+        precious.mkdir()
+        (precious / "notes.txt").write_text("keep me")
+    else:
+        precious = tmp_path / "notes.h5"
+        precious.write_text("keep me")
+    with pytest.raises(StoreError, match="not overwriting"):
+        TokenStore.create(precious, 5, backend=backend, overwrite=True)
+    assert precious.exists()
 
 
 def test_second_writer_is_refused(tmp_path, backend):

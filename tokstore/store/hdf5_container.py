@@ -66,8 +66,10 @@ class HDF5Container:
 
         target = Path(path)
         if target.exists():
-            if not overwrite or target.is_dir():
-                raise StoreError(f"{path} already exists (pass overwrite=True to replace a file)")
+            if not overwrite:
+                raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
+            if target.is_dir() or not _is_store_file(target):
+                raise StoreError(f"{path} exists and is not a tokstore HDF5 store: not overwriting it")
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -208,6 +210,11 @@ class HDF5Container:
             self._file = None
         self._map = None
         os.close(self._fd)
+
+
+def _is_store_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return superblock_position(f.fileno()) == USERBLOCK
 
 
 def _lock(fd: int, path: str):

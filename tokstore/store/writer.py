@@ -158,7 +158,7 @@ class StoreWriter:
     def _encode_texts(names, texts_list):
         lines, counts = [], np.empty(len(names), np.int64)
         for i, (name, texts) in enumerate(zip(names, texts_list)):
-            if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+            if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
                 raise SampleError(f"sample {name!r}: texts must be a list of str lines "
                                   f"(as readlines() returns them), not {texts!r:.80}")
             try:
