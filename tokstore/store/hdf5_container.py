@@ -158,7 +158,7 @@ class HDF5Container:
                 raise StoreCorruptError(f"{name}: chunk {k} is missing from the HDF5 file")
             if self._map is None or offset + nbytes > len(self._map):
                 self._map = map_file(self.path)  # the file grew since the last map
-            return np.frombuffer(self._map, dtype=dtype, count=chunk_len, offset=offset)
+            return self._map[offset:offset + nbytes].view(dtype)
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
 

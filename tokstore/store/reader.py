@@ -85,11 +85,12 @@ class StoreReader:
         if "name_list" not in self._loaded:
             raw = self.array("names").read_all().tobytes()
             bounds = self.loaded("name_offsets").tolist()
-            try:  # ASCII names (the usual case): decode once, slice the str
-                whole = raw.decode("ascii") if raw.isascii() else raw
-                names = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
-                if whole is raw:
-                    names = [name.decode("utf-8") for name in names]
+            try:
+                if raw.isascii():  # the usual case: decode once, slice the str
+                    whole = raw.decode("ascii")
+                    names = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
+                else:
+                    names = [raw[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
             except UnicodeDecodeError as exc:
                 raise StoreCorruptError(f"names: not valid UTF-8: {exc}") from None
             self._loaded["name_list"] = names

@@ -136,7 +136,7 @@ class ZarrContainer:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} is missing") from None
                 if mapped is None or len(mapped) != chunk_len * dtype.itemsize:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} has the wrong size")
-                return np.frombuffer(mapped, dtype=dtype)
+                return mapped.view(dtype)
 
             return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
         array = self._zarr_array(name)
