@@ -169,9 +169,6 @@ class HDF5Container:
         return info.byte_offset, info.size
 
     # ---- writing -------------------------------------------------------------------------
-    def length(self, name: str) -> int:
-        return self._dataset(name).shape[0]
-
     def write(self, name: str, start: int, values: np.ndarray):
         dataset = self._dataset(name)
         stop = start + len(values)

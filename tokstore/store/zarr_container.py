@@ -186,9 +186,6 @@ class ZarrContainer:
         return self._arrays[name]
 
     # ---- writing -------------------------------------------------------------------------
-    def length(self, name: str) -> int:
-        return self._zarr_array(name).shape[0]
-
     def write(self, name: str, start: int, values: np.ndarray):
         array = self._zarr_array(name)
         stop = start + len(values)
