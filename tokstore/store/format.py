@@ -82,7 +82,8 @@ def check_code_dtype(code_dtype, codebook_size: int) -> str:
 
 def array_dtypes(code_dtype: str) -> dict[str, np.dtype]:
     """The dtype of every array, counts included, all little-endian."""
-    dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<") for name in ARRAYS}
+    dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<")
+              for name in ARRAYS}
     dtypes["counts"] = np.dtype("<i8")
     return dtypes
 
@@ -109,7 +110,8 @@ def json_safe(meta: dict, what: str = "meta") -> dict:
     try:
         return json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): {exc}") from None
+        raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): "
+                         f"{exc}") from None
 
 
 @dataclass
