@@ -1,0 +1,109 @@
+"""Reading the committed prefix of one chunked 1-D array, around the container's per-call cost.
+
+A container hands over a `load(k)` function returning chunk k as a numpy array: a zero-copy view
+of a memory map where the chunk's bytes sit raw in a file (local zarr chunk files, HDF5 chunks at
+their byte offset), else a copy read through the library. Mapped chunks are all kept (a view
+costs nothing until touched); copies are kept in a small most-recently-used cache.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import weakref
+from collections import deque
+from typing import Callable
+
+import numpy as np
+
+from .errors import StoreCorruptError
+
+
+class ChunkedArray:
+    def __init__(self, name: str, dtype: np.dtype, length: int, chunk_len: int,
+                 load: Callable[[int], np.ndarray], mapped: bool, cache_chunks: int = 32):
+        self.name, self.dtype, self.length, self.chunk_len = name, np.dtype(dtype), length, chunk_len
+        self._load = load
+        self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
+        self._recent: deque[int] | None = None if mapped else deque()
+        self._cache_chunks = cache_chunks
+        self._empty = np.zeros(0, self.dtype)
+        self._empty.flags.writeable = False
+
+    def chunk(self, k: int) -> np.ndarray:
+        chunk = self._chunks[k]
+        if chunk is None:
+            chunk = self._load(k)
+            need = min(self.chunk_len, self.length - k * self.chunk_len)
+            if chunk.shape[0] < need:
+                raise StoreCorruptError(f"{self.name}: chunk {k} holds {chunk.shape[0]} values, "
+                                        f"the commit needs {need}")
+            chunk.flags.writeable = False
+            self._chunks[k] = chunk
+            if self._recent is not None:
+                self._recent.append(k)
+                if len(self._recent) > self._cache_chunks:
+                    self._chunks[self._recent.popleft()] = None
+        return chunk
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop), read-only: a view when they lie in one chunk, else a copy."""
+        if start >= stop:
+            return self._empty
+        size = self.chunk_len
+        k = start // size
+        base = k * size
+        if stop <= base + size:
+            chunk = self._chunks[k]
+            if chunk is None:
+                chunk = self.chunk(k)
+            return chunk[start - base:stop - base]
+        last = (stop - 1) // size
+        parts = [self.chunk(j)[max(start - j * size, 0):min(stop - j * size, size)]
+                 for j in range(k, last + 1)]
+        values = np.concatenate(parts)
+        values.flags.writeable = False  # like the views: store data is not edited in place
+        return values
+
+    def blocks(self):
+        """(start, values) for every chunk of the committed prefix, in order."""
+        for k in range(len(self._chunks)):
+            start = k * self.chunk_len
+            yield start, self.chunk(k)[:min(self.chunk_len, self.length - start)]
+
+    def read_all(self) -> np.ndarray:
+        if self.length == 0:
+            return np.zeros(0, self.dtype)
+        return np.concatenate([values for _, values in self.blocks()])
+
+
+def map_file(path: str) -> np.ndarray | None:
+    """A whole file memory-mapped as uint8 (None when empty).
+
+    Python's mmap keeps a duplicate file descriptor per map (until 3.13), and a store has a
+    chunk file per 512 KiB: a reader touching them all would exceed the usual 1024-descriptor
+    limit. So the map is made through libc and the descriptor closed at once. The map is
+    private copy-on-write: pages come from the page cache, and a stray write cannot reach the file.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    finally:
+        os.close(fd)
+    if address in (None, _MAP_FAILED):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot map {path}: {os.strerror(error)}")
+    buffer = (ctypes.c_ubyte * size).from_address(address)
+    weakref.finalize(buffer, _libc.munmap, address, size)  # unmapped with its last view
+    return np.frombuffer(buffer, dtype=np.uint8)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int64)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
