@@ -84,6 +84,9 @@ def _text(reader: StoreReader) -> list[str]:
 
 
 def _counts(reader: StoreReader) -> list[str]:
-    if not np.array_equal(reader.counts, reader.compute_counts()):
-        return ["counts: do not match the committed codes"]
+    """The stored array itself, not the reader's view (which recomputes a stale array)."""
+    stored = reader.array("counts").read_all()
+    if not np.array_equal(stored, reader.compute_counts()):
+        return ["counts: the stored array does not match the committed codes (damaged, or left"
+                " by a commit that was cut short; opening the store for append rewrites it)"]
     return []
