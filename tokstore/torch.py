@@ -1,0 +1,444 @@
+"""Training-side reading of a store: a map-style dataset, a length-bucketing batch sampler and a
+collate that builds MotionMillion's training layout.
+
+The original training loader unpickles the whole all_data.pkl in every process. Here each process
+(main and every DataLoader worker) opens the store itself, lazily, and reads one sample per item;
+nothing but small numpy arrays and the path crosses a fork or a spawn. The collate runs in the
+workers, so each batch crosses back to the main process as one token tensor plus its lengths.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from .errors import TokstoreError
+
+HUMANML3D_FPS = 20.0
+KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
+
+
+class LoaderError(TokstoreError):
+    """Bad arguments to the dataset, sampler or collate (unknown split names, bad state, ...)."""
+
+
+# --------------------------------------------------------------------------- captions
+
+def plain_captions(lines: Sequence[str]) -> list[str]:
+    """Caption lines as the original MotionMillion loader keeps them: stripped, blank ones dropped.
+
+    A sample "has no captions" when this list is empty: no lines at all, or only blank lines (the
+    original skips the first case and crashes on the second, in random.choice of an empty list).
+    """
+    return [s for s in (line.strip() for line in lines) if s]
+
+
+class HumanML3DCaption(NamedTuple):
+    text: str
+    start: float   # seconds; 0.0 with end 0.0 means the whole motion
+    end: float
+
+
+def parse_humanml3d_line(line: str) -> HumanML3DCaption | None:
+    """Parse `caption#tokens#start#end` as T2M-GPT does: NaN times read as 0.0.
+
+    Returns None for a line T2M-GPT skips (fewer than four fields, unreadable times, blank text).
+    """
+    fields = line.strip().split("#")
+    if len(fields) < 4 or not fields[0].strip():
+        return None
+    try:
+        start, end = float(fields[2]), float(fields[3])
+    except ValueError:
+        return None
+    start = 0.0 if math.isnan(start) else start
+    end = 0.0 if math.isnan(end) else end
+    return HumanML3DCaption(fields[0], start, end)
+
+
+def subclip_bounds(start: float, end: float, fps: float, unit_length: int) -> tuple[int, int]:
+    """Code range [lo, hi) of a sub-clip given in seconds, with T2M-GPT's truncating arithmetic."""
+    return int(start * fps / unit_length), int(end * fps / unit_length)
+
+
+# --------------------------------------------------------------------------- per-process state
+
+def _process_rng(seed: int | None) -> np.random.Generator:
+    """A generator for this process: from `seed` in the main process; in a DataLoader worker also
+    from the seed PyTorch gives that worker (drawn from the loader's generator, new each epoch), so
+    workers never share a stream and `DataLoader(generator=...)` makes every draw reproducible."""
+    info = get_worker_info()
+    entropy = [] if seed is None else [seed]
+    if info is not None:
+        entropy.append(info.seed)
+    return np.random.default_rng(entropy if entropy else None)
+
+
+class _PerProcess:
+    """Holds what must never cross a fork or a pickle (an open store, a random generator): it is
+    rebuilt on first use in each process, recognised by its pid."""
+
+    def __init__(self):
+        self._pid = None
+        self._values = {}
+
+    def get(self, key, make):
+        if self._pid != os.getpid():
+            self._pid, self._values = os.getpid(), {}
+        if key not in self._values:
+            self._values[key] = make()
+        return self._values[key]
+
+    def __reduce__(self):
+        return (_PerProcess, ())
+
+
+# --------------------------------------------------------------------------- dataset
+
+class CodeItem(NamedTuple):
+    codes: torch.Tensor          # 1-D, the dataset's dtype
+    caption: str | list[str]     # one caption drawn at random, or all of them
+    name: str
+
+
+def _read_split(path: str | os.PathLike) -> list[str]:
+    """Names of a split file, one per line, stripped as the original does; blank lines skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [s for s in (line.strip() for line in f) if s]
+
+
+def _model_unit_length(meta: dict) -> int | None:
+    config = meta.get("model_config") or {}
+    if "unit_length" in config:
+        return int(config["unit_length"])
+    if "down_t" in config:
+        return 2 ** int(config["down_t"])
+    return None
+
+
+class CodeDataset(Dataset):
+    """Item i -> CodeItem(codes, caption, name), read from the store at `store_path`.
+
+    Selection: the store's `select` filters (min_len, max_len, name_glob, text_contains) and/or a
+    split file of names (its order is kept). `drop_uncaptioned` drops samples with no non-blank
+    caption line, as the original training loader skips names whose text list is empty.
+
+    caption_format "plain": every non-blank line is a caption. "humanml3d": lines are
+    `caption#tokens#start#end`, read as T2M-GPT does: lines with start = end = 0 caption the whole
+    motion (one item per sample that has any); every other valid line becomes its own item holding
+    the codes of its sub-clip, `codes[int(start*fps/unit):int(end*fps/unit)]`, named
+    `name_{start:f}_{end:f}`; a sub-clip that rounds to no code is skipped. unit_length comes from
+    the store's `model_config` meta, else from the argument.
+
+    One caption is drawn per call (seedable: `seed`, plus the DataLoader's per-worker seed), or
+    all captions are returned with `all_captions=True`.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, *, min_len: int | None = None,
+                 max_len: int | None = None, name_glob: str | None = None,
+                 text_contains: str | None = None, split: str | os.PathLike | None = None,
+                 drop_uncaptioned: bool = True, caption_format: str = "plain",
+                 all_captions: bool = False, fps: float = HUMANML3D_FPS,
+                 unit_length: int | None = None, seed: int | None = None,
+                 dtype: torch.dtype = torch.int64):
+        if caption_format not in ("plain", "humanml3d"):
+            raise LoaderError(f"caption_format must be 'plain' or 'humanml3d', not {caption_format!r}")
+        from . import TokenStore
+
+        self.store_path = str(store_path)
+        self.caption_format = caption_format
+        self.all_captions = all_captions
+        self.seed = seed
+        self.dtype = dtype
+        self._local = _PerProcess()
+        with TokenStore.open(self.store_path) as store:
+            self.end_token = int(store.end_token)
+            self.pad_token = int(store.pad_token)
+            indices = self._select(store, min_len, max_len, name_glob, text_contains, split)
+            if caption_format == "plain":
+                self._init_plain(store, indices, drop_uncaptioned)
+            else:
+                self._init_humanml3d(store, indices, drop_uncaptioned, fps,
+                                     self._unit_length(store.meta, unit_length))
+
+    # -- construction
+
+    @staticmethod
+    def _select(store, min_len, max_len, name_glob, text_contains, split) -> np.ndarray:
+        filters = dict(min_len=min_len, max_len=max_len, name_glob=name_glob,
+                       text_contains=text_contains)
+        if any(v is not None for v in filters.values()):
+            indices = np.asarray(store.select(**filters), dtype=np.int64)
+        else:
+            indices = np.arange(len(store), dtype=np.int64)
+        if split is None:
+            return indices
+        names = _read_split(split)
+        wanted = np.empty(len(names), dtype=np.int64)
+        missing = []
+        for k, name in enumerate(names):
+            try:
+                wanted[k] = store.index_of(name)
+            except (KeyError, TokstoreError):
+                missing.append(name)
+        if missing:
+            raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
+                              f"{store.path}, e.g. {missing[0]!r}")
+        return wanted[np.isin(wanted, indices)]
+
+    def _init_plain(self, store, indices, drop_uncaptioned):
+        if drop_uncaptioned:
+            indices = indices[_captioned_mask(store, indices)]
+        self._sample = indices
+        self._bounds = None
+        self._captions = None
+        self.lengths = np.asarray(store.lengths, dtype=np.int64)[indices]
+
+    def _init_humanml3d(self, store, indices, drop_uncaptioned, fps, unit_length):
+        lengths = np.asarray(store.lengths, dtype=np.int64)
+        sample, bounds, captions = [], [], []
+        for i in indices.tolist():
+            whole = []
+            for parsed in filter(None, map(parse_humanml3d_line, store.texts(i))):
+                if parsed.start == 0.0 and parsed.end == 0.0:
+                    whole.append(parsed.text)
+                    continue
+                lo, hi = subclip_bounds(parsed.start, parsed.end, fps, unit_length)
+                if lo < hi:
+                    sample.append(i)
+                    bounds.append((lo, hi, parsed.start, parsed.end))
+                    captions.append([parsed.text])
+            if whole or not drop_uncaptioned:
+                sample.append(i)
+                bounds.append((0, -1, 0.0, 0.0))
+                captions.append(whole)
+        self._sample = np.asarray(sample, dtype=np.int64)
+        self._bounds = bounds
+        self._captions = captions
+        # Slices past the end of a motion are cut short by numpy; so are these lengths.
+        self.lengths = np.asarray(
+            [lengths[i] if hi < 0 else max(0, min(hi, lengths[i]) - lo)
+             for i, (lo, hi, _, _) in zip(sample, bounds)], dtype=np.int64)
+
+    @staticmethod
+    def _unit_length(meta, argument):
+        from_meta = _model_unit_length(meta)
+        if from_meta is not None and argument is not None and from_meta != argument:
+            raise LoaderError(f"unit_length={argument} contradicts the store's model config "
+                              f"({from_meta} frames per code)")
+        unit_length = from_meta if from_meta is not None else argument
+        if unit_length is None:
+            raise LoaderError("the store's meta has no model_config to take unit_length from: "
+                              "pass unit_length= (frames per code) for HumanML3D sub-clips")
+        return unit_length
+
+    # -- reading
+
+    def _store(self):
+        from . import TokenStore
+
+        return self._local.get("store", lambda: TokenStore.open(self.store_path))
+
+    def _rng(self):
+        return self._local.get("rng", lambda: _process_rng(self.seed))
+
+    def __len__(self) -> int:
+        return len(self._sample)
+
+    def __getitem__(self, item: int) -> CodeItem:
+        index = int(self._sample[item])
+        sample = self._store()[index]
+        codes, name = sample.codes, sample.name
+        if self._captions is None:
+            captions = plain_captions(sample.texts)
+        else:
+            captions = self._captions[item]
+            lo, hi, start, end = self._bounds[item]
+            if hi >= 0:
+                codes, name = codes[lo:hi], f"{name}_{start:f}_{end:f}"
+        if self.all_captions:
+            caption = captions
+        else:
+            caption = captions[self._rng().integers(len(captions))] if captions else ""
+        return CodeItem(torch.from_numpy(codes.astype(np.int64)).to(self.dtype), caption, name)
+
+    def collator(self, block_size: int | None = None, augment: bool = False) -> CodeCollator:
+        """The collate for this dataset's tokens (seeded like the dataset)."""
+        return CodeCollator(self.end_token, self.pad_token, block_size=block_size,
+                            augment=augment, seed=self.seed, dtype=self.dtype)
+
+
+def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
+    return np.fromiter((bool(plain_captions(store.texts(int(i)))) for i in indices),
+                       dtype=bool, count=len(indices))
+
+
+# --------------------------------------------------------------------------- collate
+
+class CodeBatch(NamedTuple):
+    tokens: torch.Tensor      # (B, L): codes, end token, pad tokens
+    lengths: torch.Tensor     # (B,) int64: number of codes before the end token
+    captions: list
+    names: list[str]
+
+
+def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
+    """The original's augmentation for `count` samples: with probability 1/3 drop one code, at the
+    head or the tail with equal chance (so 1/6 each); else keep (T2M-GPT and MotionMillion draw
+    `np.random.choice([False, False, True])`, then `np.random.choice([True, False])`)."""
+    drop = rng.integers(3, size=count) == 2
+    tail = rng.integers(2, size=count) == 0
+    return np.where(drop, np.where(tail, DROP_LAST, DROP_FIRST), KEEP)
+
+
+def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
+                  block_size: int | None = None, drops: Sequence[int] | None = None,
+                  dtype: torch.dtype = torch.int64) -> CodeBatch:
+    """MotionMillion's training layout: each row is codes, one end token, then pad tokens up to
+    `block_size` (or to the longest row of the batch + its end token when None).
+
+    `drops[b]` (KEEP / DROP_FIRST / DROP_LAST) applies the augmentation first, as the original
+    does; a one-code sample is never emptied. Codes that do not fit are cropped to their first
+    block_size - 1 so that the end token always fits: the original does not crop (its torch.stack
+    fails on such a row); keeping the head keeps the part the caption starts with.
+    """
+    rows = []
+    for b, item in enumerate(items):
+        codes = item.codes
+        choice = KEEP if drops is None else int(drops[b])
+        if choice != KEEP and len(codes) > 1:
+            codes = codes[1:] if choice == DROP_FIRST else codes[:-1]
+        if block_size is not None:
+            codes = codes[:block_size - 1]
+        rows.append(codes)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    width = block_size if block_size is not None else max(map(len, rows), default=0) + 1
+    tokens = torch.full((len(rows), width), pad_token, dtype=dtype)
+    for b, codes in enumerate(rows):
+        tokens[b, :len(codes)] = codes
+    tokens[torch.arange(len(rows)), lengths] = end_token
+    return CodeBatch(tokens, lengths, [item.caption for item in items],
+                     [item.name for item in items])
+
+
+@dataclass
+class CodeCollator:
+    """`collate_codes` with fixed tokens and the augmentation drawn from a per-process generator;
+    a plain picklable object so that it runs inside spawned workers too."""
+
+    end_token: int
+    pad_token: int
+    block_size: int | None = None
+    augment: bool = False
+    seed: int | None = None
+    dtype: torch.dtype = torch.int64
+
+    def __post_init__(self):
+        if self.block_size is not None and self.block_size < 1:
+            raise LoaderError(f"block_size must be at least 1 (room for the end token), "
+                              f"not {self.block_size}")
+        self._local = _PerProcess()
+
+    def __call__(self, items: Sequence[CodeItem]) -> CodeBatch:
+        drops = None
+        if self.augment:
+            rng = self._local.get("rng", lambda: _process_rng(self.seed))
+            drops = drop_choices(len(items), rng)
+        return collate_codes(items, self.end_token, self.pad_token, self.block_size, drops,
+                             self.dtype)
+
+
+# --------------------------------------------------------------------------- sampler
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar lengths, for `DataLoader(batch_sampler=...)`.
+
+    Each epoch: shuffle all indices (seed, epoch), sort each pool of `pool_batches` batches by
+    length, cut the pools into batches, shuffle the batches. Under DDP every rank takes an
+    interleaved, disjoint share of equally many batches (the last len % num_replicas batches of
+    the epoch's order are dropped, a different few each epoch). `state_dict()` records the epoch
+    and how many batches were handed out; after `load_state_dict()` the next iteration continues
+    that epoch's order where it stopped.
+    """
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *,
+                 pool_batches: int = 64, drop_last: bool = False, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
+        if batch_size < 1 or pool_batches < 1:
+            raise LoaderError("batch_size and pool_batches must be positive")
+        if num_replicas is None or rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
+            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        if not 0 <= rank < num_replicas:
+            raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.pool_batches = pool_batches
+        self.drop_last = drop_last
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._resume_at = 0   # batches of self.epoch to skip at the next iteration
+        self._handed_out = 0  # batches of self.epoch handed out so far
+
+    def _num_batches_total(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._num_batches_total() // self.num_replicas
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch, in order."""
+        size, num_batches = self.batch_size, self._num_batches_total()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        if self.drop_last:  # drop a random few, not the longest of the last pool
+            order = order[:num_batches * size]
+        pool_of = np.arange(len(order)) // (size * self.pool_batches)
+        order = order[np.lexsort((self.lengths[order], pool_of))]
+        starts = np.arange(0, num_batches * size, size)
+        starts = starts[rng.permutation(len(starts))]
+        starts = starts[:len(self) * self.num_replicas][self.rank::self.num_replicas]
+        return [order[s:s + size] for s in starts]
+
+    def __iter__(self):
+        batches = self.epoch_batches()
+        start, self._resume_at = self._resume_at, 0
+        self._handed_out = start
+        for batch in batches[start:]:
+            self._handed_out += 1
+            yield batch.tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes."""
+        if epoch != self.epoch:
+            self.epoch, self._resume_at, self._handed_out = epoch, 0, 0
+
+    def state_dict(self, batches_done: int | None = None) -> dict:
+        """Where this epoch stands. A DataLoader with workers draws batches ahead of the training
+        loop, so pass the number of batches the loop has consumed this epoch as `batches_done`."""
+        done = self._handed_out if batches_done is None else batches_done
+        return {"epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
+                "batch_size": self.batch_size, "num_samples": len(self.lengths),
+                "num_replicas": self.num_replicas, "rank": self.rank}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict(0)
+        for key in ("seed", "batch_size", "num_samples", "num_replicas", "rank"):
+            if state.get(key) != mine[key]:
+                raise LoaderError(f"sampler state has {key}={state.get(key)!r}, this sampler "
+                                  f"{mine[key]!r}: it resumes a different order")
+        if not 0 <= state["batches_done"] <= len(self):
+            raise LoaderError(f"sampler state has batches_done={state['batches_done']} of "
+                              f"{len(self)} batches")
+        self.epoch = int(state["epoch"])
+        self._resume_at = self._handed_out = int(state["batches_done"])
