@@ -322,13 +322,27 @@ def test_captions_are_stripped_random_and_seedable(zarr_store):
 
 
 def test_samples_without_captions_are_dropped(tmp_path):
-    texts = [["walks\n"], [], ["\n", "   \n"], ["\n", "runs\n"], ["\u3000\n"]]
-    names, _ = build_store(tmp_path / "c.zarr", count=5, texts=texts)
+    texts = [["walks\n"], [], ["\n", "   \n"], ["\n", "runs\n"], ["\u3000\n"],
+             ["", "\x0b\x1c\n"], ["", "\u00e9\n"], ["\xa0 ok\n"]]
+    names, _ = build_store(tmp_path / "c.zarr", count=len(texts), texts=texts)
     kept = CodeDataset(tmp_path / "c.zarr")
-    assert [kept[i].name for i in range(len(kept))] == [names[0], names[3]]
-    assert kept[1].caption == "runs"
+    assert [kept[i].name for i in range(len(kept))] == [names[k] for k in (0, 3, 6, 7)]
+    assert [kept[i].caption for i in range(len(kept))] == ["walks", "runs", "\u00e9", "ok"]
     everything = CodeDataset(tmp_path / "c.zarr", drop_uncaptioned=False)
-    assert len(everything) == 5 and everything[1].caption == "" and everything[2].caption == ""
+    assert len(everything) == len(texts) and everything[1].caption == everything[2].caption == ""
+
+
+def test_caption_scan_agrees_with_stripping_every_line(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    pieces = ["", "\n", " ", "\t", "a", "\u3000", "\u00e9", "\x85", "walks", "."]
+    texts = [["".join(rng.choice(pieces, size=rng.integers(0, 4))) + "\n" * int(rng.integers(2))
+              for _ in range(rng.integers(0, 4))] for _ in range(300)]
+    names, _ = build_store(tmp_path / "c.zarr", count=len(texts), texts=texts)
+    monkeypatch.setattr("tokstore.torch._TEXT_WINDOW", 5)     # many windows, lines across them
+    kept = CodeDataset(tmp_path / "c.zarr")
+    expected = [name for name, lines in zip(names, texts) if plain_captions(lines)]
+    assert 50 < len(expected) < 250
+    assert [kept[i].name for i in range(len(kept))] == expected
 
 
 def test_select_filters_and_split_file(zarr_store, tmp_path):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import numpy.random  # noqa: F401  (imported once here, not lazily in every worker)
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
@@ -81,19 +82,16 @@ def _process_rng(seed: int | None) -> np.random.Generator:
 
 
 class _PerProcess:
-    """Holds what must never cross a fork or a pickle (an open store, a random generator): it is
-    rebuilt on first use in each process, recognised by its pid."""
+    """Holds what must never cross a fork or a pickle (an open store, a random generator): a
+    dict that starts empty in each process, recognised by its pid."""
 
     def __init__(self):
-        self._pid = None
-        self._values = {}
+        self._pid, self._values = None, {}
 
-    def get(self, key, make):
+    def here(self) -> dict:
         if self._pid != os.getpid():
             self._pid, self._values = os.getpid(), {}
-        if key not in self._values:
-            self._values[key] = make()
-        return self._values[key]
+        return self._values
 
     def __reduce__(self):
         return (_PerProcess, ())
@@ -180,29 +178,24 @@ class CodeDataset(Dataset):
         if split is None:
             return indices
         names = _read_split(split)
-        wanted = np.empty(len(names), dtype=np.int64)
-        missing = []
-        for k, name in enumerate(names):
-            try:
-                wanted[k] = store.index_of(name)
-            except (KeyError, TokstoreError):
-                missing.append(name)
+        index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
+        missing = [name for name in names if name not in index_of]
         if missing:
             raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
                               f"{store.path}, e.g. {missing[0]!r}")
+        wanted = np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
         return wanted[np.isin(wanted, indices)]
 
     def _init_plain(self, store, indices, drop_uncaptioned):
         if drop_uncaptioned:
             indices = indices[_captioned_mask(store, indices)]
         self._sample = indices
-        self._bounds = None
-        self._captions = None
+        self._subclips = self._captions = None
         self.lengths = np.asarray(store.lengths, dtype=np.int64)[indices]
 
     def _init_humanml3d(self, store, indices, drop_uncaptioned, fps, unit_length):
         lengths = np.asarray(store.lengths, dtype=np.int64)
-        sample, bounds, captions = [], [], []
+        sample, subclips, captions = [], [], []
         for i in indices.tolist():
             whole = []
             for parsed in filter(None, map(parse_humanml3d_line, store.texts(i))):
@@ -212,19 +205,19 @@ class CodeDataset(Dataset):
                 lo, hi = subclip_bounds(parsed.start, parsed.end, fps, unit_length)
                 if lo < hi:
                     sample.append(i)
-                    bounds.append((lo, hi, parsed.start, parsed.end))
+                    subclips.append((lo, hi, f"_{parsed.start:f}_{parsed.end:f}"))
                     captions.append([parsed.text])
             if whole or not drop_uncaptioned:
                 sample.append(i)
-                bounds.append((0, -1, 0.0, 0.0))
+                subclips.append(None)
                 captions.append(whole)
         self._sample = np.asarray(sample, dtype=np.int64)
-        self._bounds = bounds
+        self._subclips = subclips    # (first code, end code, name suffix), None: whole motion
         self._captions = captions
-        # Slices past the end of a motion are cut short by numpy; so are these lengths.
+        # A sub-clip past the end of its motion is cut short by the slice; so is its length.
         self.lengths = np.asarray(
-            [lengths[i] if hi < 0 else max(0, min(hi, lengths[i]) - lo)
-             for i, (lo, hi, _, _) in zip(sample, bounds)], dtype=np.int64)
+            [lengths[i] if clip is None else max(0, min(clip[1], lengths[i]) - clip[0])
+             for i, clip in zip(sample, subclips)], dtype=np.int64)
 
     @staticmethod
     def _unit_length(meta, argument):
@@ -240,33 +233,35 @@ class CodeDataset(Dataset):
 
     # -- reading
 
-    def _store(self):
-        from . import TokenStore
+    def _opened(self):
+        """This process's store and generator, made on first use in each process."""
+        local = self._local.here()
+        if not local:
+            from . import TokenStore
 
-        return self._local.get("store", lambda: TokenStore.open(self.store_path))
-
-    def _rng(self):
-        return self._local.get("rng", lambda: _process_rng(self.seed))
+            local["store"] = TokenStore.open(self.store_path)
+            local["rng"] = _process_rng(self.seed)
+        return local["store"], local["rng"]
 
     def __len__(self) -> int:
         return len(self._sample)
 
     def __getitem__(self, item: int) -> CodeItem:
-        index = int(self._sample[item])
-        sample = self._store()[index]
+        store, rng = self._opened()
+        sample = store[int(self._sample[item])]
         codes, name = sample.codes, sample.name
         if self._captions is None:
             captions = plain_captions(sample.texts)
         else:
-            captions = self._captions[item]
-            lo, hi, start, end = self._bounds[item]
-            if hi >= 0:
-                codes, name = codes[lo:hi], f"{name}_{start:f}_{end:f}"
+            captions, clip = self._captions[item], self._subclips[item]
+            if clip is not None:
+                codes, name = codes[clip[0]:clip[1]], name + clip[2]
         if self.all_captions:
             caption = captions
         else:
-            caption = captions[self._rng().integers(len(captions))] if captions else ""
-        return CodeItem(torch.from_numpy(codes.astype(np.int64)).to(self.dtype), caption, name)
+            caption = captions[int(rng.random() * len(captions))] if captions else ""
+        codes = torch.from_numpy(codes.astype(np.int64))
+        return CodeItem(codes if self.dtype == torch.int64 else codes.to(self.dtype), caption, name)
 
     def collator(self, block_size: int | None = None, augment: bool = False) -> CodeCollator:
         """The collate for this dataset's tokens (seeded like the dataset)."""
@@ -274,9 +269,46 @@ class CodeDataset(Dataset):
                             augment=augment, seed=self.seed, dtype=self.dtype)
 
 
+# Bytes str.strip() removes that are ASCII: \t \n \v \f \r, \x1c-\x1f and space.
+_ASCII_INK = np.ones(256, dtype=bool)
+_ASCII_INK[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = False
+_ASCII_INK[128:] = False
+_TEXT_WINDOW = 16 << 20   # caption bytes looked at at a time
+
+
 def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
-    return np.fromiter((bool(plain_captions(store.texts(int(i)))) for i in indices),
-                       dtype=bool, count=len(indices))
+    """Which of `indices` have a caption line that is not blank, without a Python call per line.
+
+    A line holding an ASCII byte other than whitespace has a caption; a line of whitespace and
+    non-ASCII bytes only is decoded and stripped (Unicode spaces such as U+3000 are blank).
+    Reads the store's caption arrays directly (`_read()`): its public API has only per-sample
+    texts(i), which costs seconds on a store of millions.
+    """
+    reader = store._read()
+    line_offsets, sample_lines = reader.loaded("line_offsets"), reader.loaded("sample_lines")
+    text = reader.array("text")
+    lines = len(line_offsets) - 1
+    captioned_line = np.zeros(lines, dtype=bool)
+    first = 0
+    while first < lines:                  # windows of whole lines
+        last = int(np.searchsorted(line_offsets, line_offsets[first] + _TEXT_WINDOW, "right")) - 1
+        last = min(max(last, first + 1), lines)
+        base = int(line_offsets[first])
+        window = text.read(base, int(line_offsets[last]))
+        starts, ends = line_offsets[first:last] - base, line_offsets[first + 1:last + 1] - base
+        filled = ends > starts            # reduceat needs segments that are not empty
+        ink = np.zeros(last - first, dtype=bool)
+        high = np.zeros(last - first, dtype=bool)
+        if filled.any():
+            ink[filled] = np.maximum.reduceat(_ASCII_INK[window], starts[filled])
+            high[filled] = np.maximum.reduceat(window >= 0x80, starts[filled])
+        for j in np.flatnonzero(high & ~ink):
+            line = window[starts[j]:ends[j]].tobytes().decode("utf-8", errors="replace")
+            ink[j] = bool(line.strip())
+        captioned_line[first:last] = ink
+        first = last
+    running = np.concatenate([[0], np.cumsum(captioned_line)])
+    return running[sample_lines[indices + 1]] > running[sample_lines[indices]]
 
 
 # --------------------------------------------------------------------------- collate
@@ -308,21 +340,26 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
     block_size - 1 so that the end token always fits: the original does not crop (its torch.stack
     fails on such a row); keeping the head keeps the part the caption starts with.
     """
-    rows = []
-    for b, item in enumerate(items):
-        codes = item.codes
-        choice = KEEP if drops is None else int(drops[b])
-        if choice != KEEP and len(codes) > 1:
-            codes = codes[1:] if choice == DROP_FIRST else codes[:-1]
-        if block_size is not None:
-            codes = codes[:block_size - 1]
-        rows.append(codes)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    width = block_size if block_size is not None else max(map(len, rows), default=0) + 1
-    tokens = torch.full((len(rows), width), pad_token, dtype=dtype)
-    for b, codes in enumerate(rows):
-        tokens[b, :len(codes)] = codes
-    tokens[torch.arange(len(rows)), lengths] = end_token
+    count = len(items)
+    full = np.fromiter((item.codes.shape[0] for item in items), dtype=np.int64, count=count)
+    choice = np.zeros(count, np.int64) if drops is None else np.asarray(drops, np.int64)
+    choice = np.where(full > 1, choice, KEEP)
+    head = (choice == DROP_FIRST).astype(np.int64)
+    lengths = full - (choice != KEEP)
+    if block_size is not None:
+        lengths = np.minimum(lengths, block_size - 1)
+    width = block_size if block_size is not None else int(lengths.max(initial=0)) + 1
+    # One gather and one scatter for the whole batch: torch costs microseconds per call.
+    total = int(lengths.sum())
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    source = np.repeat(np.cumsum(full) - full + head, lengths) + within
+    target = np.repeat(np.arange(count) * width, lengths) + within
+    tokens = torch.full((count, width), pad_token, dtype=dtype)
+    if total:
+        flat = torch.cat([item.codes for item in items])
+        tokens.view(-1)[torch.from_numpy(target)] = flat[torch.from_numpy(source)].to(dtype)
+    lengths = torch.from_numpy(lengths)
+    tokens[torch.arange(count), lengths] = end_token
     return CodeBatch(tokens, lengths, [item.caption for item in items],
                      [item.name for item in items])
 
@@ -348,8 +385,10 @@ class CodeCollator:
     def __call__(self, items: Sequence[CodeItem]) -> CodeBatch:
         drops = None
         if self.augment:
-            rng = self._local.get("rng", lambda: _process_rng(self.seed))
-            drops = drop_choices(len(items), rng)
+            local = self._local.here()
+            if not local:
+                local["rng"] = _process_rng(self.seed)
+            drops = drop_choices(len(items), local["rng"])
         return collate_codes(items, self.end_token, self.pad_token, self.block_size, drops,
                              self.dtype)
 
