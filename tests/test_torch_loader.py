@@ -334,7 +334,8 @@ def test_samples_without_captions_are_dropped(tmp_path):
 
 def test_caption_scan_agrees_with_stripping_every_line(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
-    pieces = ["", "\n", " ", "\t", "a", "\u3000", "\u00e9", "\x85", "walks", "."]
+    pieces = ["", "\n", " ", "\t", "\x1f", "a", "\u3000", "\u2003", "\xa0", "\u00e9", "\x85",
+              "\u4e2d", "walks", "."]
     texts = [["".join(rng.choice(pieces, size=rng.integers(0, 4))) + "\n" * int(rng.integers(2))
               for _ in range(rng.integers(0, 4))] for _ in range(300)]
     names, _ = build_store(tmp_path / "c.zarr", count=len(texts), texts=texts)

@@ -269,18 +269,42 @@ class CodeDataset(Dataset):
                             augment=augment, seed=self.seed, dtype=self.dtype)
 
 
-# Bytes str.strip() removes that are ASCII: \t \n \v \f \r, \x1c-\x1f and space.
-_ASCII_INK = np.ones(256, dtype=bool)
-_ASCII_INK[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = False
-_ASCII_INK[128:] = False
+# What a line's byte says about the line, read from its start: SPACE, ASCII whitespace that
+# str.strip() removes (look at the next byte); INK, the start of a character strip() keeps; CHECK,
+# a byte that may begin a Unicode space (U+0085, U+00A0, U+1680, U+2000.., U+3000) or is not
+# valid UTF-8 here: decode the line and strip it.
+_SPACE, _INK, _CHECK = 0, 1, 2
+_BYTE_KIND = np.full(256, _INK, dtype=np.int8)
+_BYTE_KIND[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = _SPACE
+_BYTE_KIND[0x80:0xC0] = _CHECK
+_BYTE_KIND[[0xC2, 0xE1, 0xE2, 0xE3]] = _CHECK
 _TEXT_WINDOW = 16 << 20   # caption bytes looked at at a time
 
 
-def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
-    """Which of `indices` have a caption line that is not blank, without a Python call per line.
+def _inked_lines(window: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each line window[starts[j]:ends[j]] keeps something after str.strip().
 
-    A line holding an ASCII byte other than whitespace has a caption; a line of whitespace and
-    non-ASCII bytes only is decoded and stripped (Unicode spaces such as U+3000 are blank).
+    Looks at each line's first byte, then at the next byte of the lines that began with
+    whitespace, and so on: a few vectorised steps instead of a Python call per line.
+    """
+    inked = np.zeros(len(starts), dtype=bool)
+    pending, step = np.arange(len(starts)), 0
+    while pending.size:
+        position = starts[pending] + step
+        inside = position < ends[pending]          # a line used up is blank
+        pending, position = pending[inside], position[inside]
+        kind = _BYTE_KIND[window[position]]
+        inked[pending[kind == _INK]] = True
+        for j in pending[kind == _CHECK]:
+            line = window[starts[j]:ends[j]].tobytes().decode("utf-8", errors="replace")
+            inked[j] = bool(line.strip())
+        pending, step = pending[kind == _SPACE], step + 1
+    return inked
+
+
+def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
+    """Which of `indices` have a caption line that is not blank (see plain_captions).
+
     Reads the store's caption arrays directly (`_read()`): its public API has only per-sample
     texts(i), which costs seconds on a store of millions.
     """
@@ -288,26 +312,17 @@ def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
     line_offsets, sample_lines = reader.loaded("line_offsets"), reader.loaded("sample_lines")
     text = reader.array("text")
     lines = len(line_offsets) - 1
-    captioned_line = np.zeros(lines, dtype=bool)
+    inked = np.zeros(lines, dtype=bool)
     first = 0
     while first < lines:                  # windows of whole lines
         last = int(np.searchsorted(line_offsets, line_offsets[first] + _TEXT_WINDOW, "right")) - 1
         last = min(max(last, first + 1), lines)
         base = int(line_offsets[first])
         window = text.read(base, int(line_offsets[last]))
-        starts, ends = line_offsets[first:last] - base, line_offsets[first + 1:last + 1] - base
-        filled = ends > starts            # reduceat needs segments that are not empty
-        ink = np.zeros(last - first, dtype=bool)
-        high = np.zeros(last - first, dtype=bool)
-        if filled.any():
-            ink[filled] = np.maximum.reduceat(_ASCII_INK[window], starts[filled])
-            high[filled] = np.maximum.reduceat(window >= 0x80, starts[filled])
-        for j in np.flatnonzero(high & ~ink):
-            line = window[starts[j]:ends[j]].tobytes().decode("utf-8", errors="replace")
-            ink[j] = bool(line.strip())
-        captioned_line[first:last] = ink
+        inked[first:last] = _inked_lines(window, line_offsets[first:last] - base,
+                                         line_offsets[first + 1:last + 1] - base)
         first = last
-    running = np.concatenate([[0], np.cumsum(captioned_line)])
+    running = np.concatenate([[0], np.cumsum(inked)])
     return running[sample_lines[indices + 1]] > running[sample_lines[indices]]
 
 
