@@ -287,8 +287,11 @@ def _inked_lines(window: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
     Looks at each line's first byte, then at the next byte of the lines that began with
     whitespace, and so on: a few vectorised steps instead of a Python call per line.
     """
-    inked = np.zeros(len(starts), dtype=bool)
-    pending, step = np.arange(len(starts)), 0
+    if not window.size:                            # only empty lines: all blank
+        return np.zeros(len(starts), dtype=bool)
+    kind = _BYTE_KIND[np.take(window, starts, mode="clip")]
+    inked = (kind == _INK) & (ends > starts)       # an empty line is blank
+    pending, step = np.flatnonzero(~inked & (ends > starts)), 0
     while pending.size:
         position = starts[pending] + step
         inside = position < ends[pending]          # a line used up is blank
