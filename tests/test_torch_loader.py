@@ -6,10 +6,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
-from tokstore.torch import (DROP_FIRST, DROP_LAST, KEEP, CodeCollator, CodeItem,
-                            LengthBucketSampler, LoaderError, collate_codes, drop_choices,
-                            parse_humanml3d_line, plain_captions, subclip_bounds)
+from tokstore import TokenStore
+from tokstore.torch import (DROP_FIRST, DROP_LAST, KEEP, CodeBatch, CodeCollator, CodeDataset,
+                            CodeItem, LengthBucketSampler, LoaderError, collate_codes,
+                            drop_choices, parse_humanml3d_line, plain_captions, subclip_bounds)
 
 END, PAD = 64000, 64001
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -166,15 +169,15 @@ def test_bucket_sampler_refuses_a_state_of_another_order():
         LengthBucketSampler(LENGTHS, batch_size=32).load_state_dict(state)
     with pytest.raises(LoaderError, match="seed"):
         LengthBucketSampler(LENGTHS, batch_size=16, seed=1).load_state_dict(state)
+    with pytest.raises(LoaderError, match="rank"):
+        LengthBucketSampler(LENGTHS, 16, num_replicas=1, rank=0).load_state_dict(
+            LengthBucketSampler(LENGTHS, 16, num_replicas=2, rank=1).state_dict() | {
+                "num_replicas": 1})
+    with pytest.raises(LoaderError, match="batches_done"):
+        LengthBucketSampler(LENGTHS, batch_size=16).load_state_dict(state | {"batches_done": 99})
 
 
 # --------------------------------------------------------------------------- dataset over a store
-
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.data.distributed import DistributedSampler  # noqa: E402
-
-from tokstore import TokenStore  # noqa: E402
-from tokstore.torch import CodeBatch, CodeDataset  # noqa: E402
 
 CAPTIONS = [["a man walks forward.\n", "someone strolls.\n"], ["a person jumps.\n"],
             ["he waves\n", "\n", "a wave of the hand.\n", "she waves twice.\n"]]
@@ -232,16 +235,28 @@ def test_items_with_four_forked_workers_and_an_open_store_in_the_parent(zarr_sto
                                names, codes)
 
 
+def test_codes_in_another_dtype(zarr_store):
+    path, names, codes = zarr_store
+    dataset = CodeDataset(path, dtype=torch.int32)
+    assert dataset[5].codes.dtype == torch.int32
+    assert dataset[5].codes.tolist() == codes[5].tolist()
+    batch = dataset.collator(block_size=50)([dataset[5], dataset[6]])
+    assert batch.tokens.dtype == torch.int32
+    assert batch.tokens[0, :len(codes[5]) + 1].tolist() == codes[5].tolist() + [64000]
+
+
 def test_items_with_spawned_workers(tmp_path):
     names, codes = build_store(tmp_path / "codes.h5", count=10, backend="hdf5")
     dataset = CodeDataset(tmp_path / "codes.h5")
     dataset[3]                             # an open store must not travel in the pickle
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone[3].codes.tolist() == codes[3].tolist()
-    for workers in (2, 4):
-        assert_items_are_the_store(items_of(dataset, num_workers=workers,
-                                            multiprocessing_context="spawn",
-                                            persistent_workers=workers == 4), names, codes)
+    assert_items_are_the_store(items_of(dataset, num_workers=2, multiprocessing_context="spawn"),
+                               names, codes)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=list, num_workers=4,
+                        multiprocessing_context="spawn", persistent_workers=True)
+    for _ in range(2):                     # the second epoch reuses the workers and their store
+        assert_items_are_the_store([it for batch in loader for it in batch], names, codes)
 
 
 def test_batches_cross_as_collated_tensors_from_workers(zarr_store):

@@ -52,7 +52,8 @@ def parse_humanml3d_line(line: str) -> HumanML3DCaption | None:
     Returns None for a line T2M-GPT skips (fewer than four fields, unreadable times, blank text).
     """
     fields = line.strip().split("#")
-    if len(fields) < 4 or not fields[0].strip():
+    caption = fields[0].strip()
+    if len(fields) < 4 or not caption:
         return None
     try:
         start, end = float(fields[2]), float(fields[3])
@@ -60,7 +61,7 @@ def parse_humanml3d_line(line: str) -> HumanML3DCaption | None:
         return None
     start = 0.0 if math.isnan(start) else start
     end = 0.0 if math.isnan(end) else end
-    return HumanML3DCaption(fields[0], start, end)
+    return HumanML3DCaption(caption, start, end)
 
 
 def subclip_bounds(start: float, end: float, fps: float, unit_length: int) -> tuple[int, int]:
@@ -70,15 +71,19 @@ def subclip_bounds(start: float, end: float, fps: float, unit_length: int) -> tu
 
 # --------------------------------------------------------------------------- per-process state
 
-def _process_rng(seed: int | None) -> np.random.Generator:
+CAPTION_STREAM, AUGMENT_STREAM = 0, 1   # so that the dataset's and the collate's draws differ
+
+
+def _process_rng(seed: int | None, stream: int) -> np.random.Generator:
     """A generator for this process: from `seed` in the main process; in a DataLoader worker also
     from the seed PyTorch gives that worker (drawn from the loader's generator, new each epoch), so
-    workers never share a stream and `DataLoader(generator=...)` makes every draw reproducible."""
+    workers never share a stream and `DataLoader(generator=...)` makes every draw reproducible.
+    Without a seed, the main process draws fresh entropy."""
     info = get_worker_info()
-    entropy = [] if seed is None else [seed]
-    if info is not None:
-        entropy.append(info.seed)
-    return np.random.default_rng(entropy if entropy else None)
+    if seed is None and info is None:
+        return np.random.default_rng()
+    return np.random.default_rng([stream, seed is not None, seed or 0,
+                                  info is not None, info.seed if info else 0])
 
 
 class _PerProcess:
@@ -240,7 +245,7 @@ class CodeDataset(Dataset):
             from . import TokenStore
 
             local["store"] = TokenStore.open(self.store_path)
-            local["rng"] = _process_rng(self.seed)
+            local["rng"] = _process_rng(self.seed, CAPTION_STREAM)
         return local["store"], local["rng"]
 
     def __len__(self) -> int:
@@ -405,7 +410,7 @@ class CodeCollator:
         if self.augment:
             local = self._local.here()
             if not local:
-                local["rng"] = _process_rng(self.seed)
+                local["rng"] = _process_rng(self.seed, AUGMENT_STREAM)
             drops = drop_choices(len(items), local["rng"])
         return collate_codes(items, self.end_token, self.pad_token, self.block_size, drops,
                              self.dtype)
@@ -484,13 +489,18 @@ class LengthBucketSampler(Sampler[list[int]]):
         """Where this epoch stands. A DataLoader with workers draws batches ahead of the training
         loop, so pass the number of batches the loop has consumed this epoch as `batches_done`."""
         done = self._handed_out if batches_done is None else batches_done
-        return {"epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
-                "batch_size": self.batch_size, "num_samples": len(self.lengths),
-                "num_replicas": self.num_replicas, "rank": self.rank}
+        return {"epoch": self.epoch, "batches_done": int(done), **self._order_args()}
+
+    def _order_args(self) -> dict:
+        """What decides the order: a state saved under other values resumes another order."""
+        return {"seed": self.seed, "batch_size": self.batch_size,
+                "pool_batches": self.pool_batches, "drop_last": self.drop_last,
+                "num_samples": len(self.lengths), "num_replicas": self.num_replicas,
+                "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict(0)
-        for key in ("seed", "batch_size", "num_samples", "num_replicas", "rank"):
+        mine = self._order_args()
+        for key in mine:
             if state.get(key) != mine[key]:
                 raise LoaderError(f"sampler state has {key}={state.get(key)!r}, this sampler "
                                   f"{mine[key]!r}: it resumes a different order")
