@@ -18,6 +18,7 @@ copies grow as they touch more of the inherited objects). Every DDP rank repeats
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pickle
@@ -176,9 +177,15 @@ def measure(side: str, directory: Path, batches: int, batch_size: int, epoch: bo
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=WORKERS,
                         collate_fn=collate, drop_last=True, generator=generator,
                         multiprocessing_context="fork")
+    # Both sides alike, and not timed: collect what construction left, then keep the collector
+    # of every process from walking (so copying) the objects the workers share with the main
+    # process, as the gc.freeze docs advise before forking. It spares the legacy side more.
+    with Timer() as collecting:
+        gc.collect()
+        gc.freeze()
     batches_in = iter(loader)
     next(batches_in)
-    first_batch = time.perf_counter() - start
+    first_batch = time.perf_counter() - start - collecting.seconds
     if batches == 0:
         return {"first_batch_s": first_batch}
     start = time.perf_counter()
