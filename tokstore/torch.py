@@ -140,7 +140,11 @@ class CodeDataset(Dataset):
     the store's `model_config` meta, else from the argument.
 
     One caption is drawn per call (seedable: `seed`, plus the DataLoader's per-worker seed), or
-    all captions are returned with `all_captions=True`.
+    all captions are returned with `all_captions=True`; captions come stripped.
+
+    `lengths[i]` is item i's code count (for LengthBucketSampler); `end_token` and `pad_token`
+    are the store's. The store is opened here to select, then closed: each process that reads
+    items (the main one or a worker, forked or spawned) opens its own on first use.
     """
 
     def __init__(self, store_path: str | os.PathLike, *, min_len: int | None = None,
@@ -151,7 +155,8 @@ class CodeDataset(Dataset):
                  unit_length: int | None = None, seed: int | None = None,
                  dtype: torch.dtype = torch.int64):
         if caption_format not in ("plain", "humanml3d"):
-            raise LoaderError(f"caption_format must be 'plain' or 'humanml3d', not {caption_format!r}")
+            raise LoaderError(f"caption_format must be 'plain' or 'humanml3d', "
+                              f"not {caption_format!r}")
         from . import TokenStore
 
         self.store_path = str(store_path)
@@ -434,10 +439,11 @@ class LengthBucketSampler(Sampler[list[int]]):
                  num_replicas: int | None = None, rank: int | None = None):
         if batch_size < 1 or pool_batches < 1:
             raise LoaderError("batch_size and pool_batches must be positive")
-        if num_replicas is None or rank is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
-            rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
         if not 0 <= rank < num_replicas:
             raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
         self.lengths = np.asarray(lengths, dtype=np.int64)
