@@ -1,0 +1,517 @@
+"""Training-side reading of a store: a map-style dataset, a length-bucketing batch sampler and a
+collate that builds MotionMillion's training layout.
+
+The original training loader unpickles the whole all_data.pkl in every process. Here each process
+(main and every DataLoader worker) opens the store itself, lazily, and reads one sample per item;
+nothing but small numpy arrays and the path crosses a fork or a spawn. The collate runs in the
+workers, so each batch crosses back to the main process as one token tensor plus its lengths.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.random  # noqa: F401  (imported once here, not lazily in every worker)
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from .errors import TokstoreError
+
+HUMANML3D_FPS = 20.0
+KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
+
+
+class LoaderError(TokstoreError):
+    """Bad arguments to the dataset, sampler or collate (unknown split names, bad state, ...)."""
+
+
+# --------------------------------------------------------------------------- captions
+
+def plain_captions(lines: Sequence[str]) -> list[str]:
+    """Caption lines as the original MotionMillion loader keeps them: stripped, blank ones dropped.
+
+    A sample "has no captions" when this list is empty: no lines at all, or only blank lines (the
+    original skips the first case and crashes on the second, in random.choice of an empty list).
+    """
+    return [s for s in (line.strip() for line in lines) if s]
+
+
+class HumanML3DCaption(NamedTuple):
+    text: str
+    start: float   # seconds; 0.0 with end 0.0 means the whole motion
+    end: float
+
+
+def parse_humanml3d_line(line: str) -> HumanML3DCaption | None:
+    """Parse `caption#tokens#start#end` as T2M-GPT does: NaN times read as 0.0.
+
+    Returns None for a line T2M-GPT skips (fewer than four fields, unreadable times, blank text).
+    """
+    fields = line.strip().split("#")
+    caption = fields[0].strip()
+    if len(fields) < 4 or not caption:
+        return None
+    try:
+        start, end = float(fields[2]), float(fields[3])
+    except ValueError:
+        return None
+    start = 0.0 if math.isnan(start) else start
+    end = 0.0 if math.isnan(end) else end
+    return HumanML3DCaption(caption, start, end)
+
+
+def subclip_bounds(start: float, end: float, fps: float, unit_length: int) -> tuple[int, int]:
+    """Code range [lo, hi) of a sub-clip given in seconds, with T2M-GPT's truncating arithmetic."""
+    return int(start * fps / unit_length), int(end * fps / unit_length)
+
+
+# --------------------------------------------------------------------------- per-process state
+
+CAPTION_STREAM, AUGMENT_STREAM = 0, 1   # so that the dataset's and the collate's draws differ
+
+
+def _process_rng(seed: int | None, stream: int) -> np.random.Generator:
+    """A generator for this process: from `seed` in the main process; in a DataLoader worker also
+    from the seed PyTorch gives that worker (drawn from the loader's generator, new each epoch), so
+    workers never share a stream and `DataLoader(generator=...)` makes every draw reproducible.
+    Without a seed, the main process draws fresh entropy."""
+    info = get_worker_info()
+    if seed is None and info is None:
+        return np.random.default_rng()
+    return np.random.default_rng([stream, seed is not None, seed or 0,
+                                  info is not None, info.seed if info else 0])
+
+
+class _PerProcess:
+    """Holds what must never cross a fork or a pickle (an open store, a random generator): a
+    dict that starts empty in each process, recognised by its pid."""
+
+    def __init__(self):
+        self._pid, self._values = None, {}
+
+    def here(self) -> dict:
+        if self._pid != os.getpid():
+            self._pid, self._values = os.getpid(), {}
+        return self._values
+
+    def __reduce__(self):
+        return (_PerProcess, ())
+
+
+# --------------------------------------------------------------------------- dataset
+
+class CodeItem(NamedTuple):
+    codes: torch.Tensor          # 1-D, the dataset's dtype
+    caption: str | list[str]     # one caption drawn at random, or all of them
+    name: str
+
+
+def _read_split(path: str | os.PathLike) -> list[str]:
+    """Names of a split file, one per line, stripped as the original does; blank lines skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [s for s in (line.strip() for line in f) if s]
+
+
+def _model_unit_length(meta: dict) -> int | None:
+    config = meta.get("model_config") or {}
+    if "unit_length" in config:
+        return int(config["unit_length"])
+    if "down_t" in config:
+        return 2 ** int(config["down_t"])
+    return None
+
+
+class CodeDataset(Dataset):
+    """Item i -> CodeItem(codes, caption, name), read from the store at `store_path`.
+
+    Selection: the store's `select` filters (min_len, max_len, name_glob, text_contains) and/or a
+    split file of names (its order is kept). `drop_uncaptioned` drops samples with no non-blank
+    caption line, as the original training loader skips names whose text list is empty.
+
+    caption_format "plain": every non-blank line is a caption. "humanml3d": lines are
+    `caption#tokens#start#end`, read as T2M-GPT does: lines with start = end = 0 caption the whole
+    motion (one item per sample that has any); every other valid line becomes its own item holding
+    the codes of its sub-clip, `codes[int(start*fps/unit):int(end*fps/unit)]`, named
+    `name_{start:f}_{end:f}`; a sub-clip that rounds to no code is skipped. unit_length comes from
+    the store's `model_config` meta, else from the argument.
+
+    One caption is drawn per call (seedable: `seed`, plus the DataLoader's per-worker seed), or
+    all captions are returned with `all_captions=True`; captions come stripped.
+
+    `lengths[i]` is item i's code count (for LengthBucketSampler); `end_token` and `pad_token`
+    are the store's. The store is opened here to select, then closed: each process that reads
+    items (the main one or a worker, forked or spawned) opens its own on first use.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, *, min_len: int | None = None,
+                 max_len: int | None = None, name_glob: str | None = None,
+                 text_contains: str | None = None, split: str | os.PathLike | None = None,
+                 drop_uncaptioned: bool = True, caption_format: str = "plain",
+                 all_captions: bool = False, fps: float = HUMANML3D_FPS,
+                 unit_length: int | None = None, seed: int | None = None,
+                 dtype: torch.dtype = torch.int64):
+        if caption_format not in ("plain", "humanml3d"):
+            raise LoaderError(f"caption_format must be 'plain' or 'humanml3d', "
+                              f"not {caption_format!r}")
+        from . import TokenStore
+
+        self.store_path = str(store_path)
+        self.caption_format = caption_format
+        self.all_captions = all_captions
+        self.seed = seed
+        self.dtype = dtype
+        self._local = _PerProcess()
+        with TokenStore.open(self.store_path) as store:
+            self.end_token = int(store.end_token)
+            self.pad_token = int(store.pad_token)
+            indices = self._select(store, min_len, max_len, name_glob, text_contains, split)
+            if caption_format == "plain":
+                self._init_plain(store, indices, drop_uncaptioned)
+            else:
+                self._init_humanml3d(store, indices, drop_uncaptioned, fps,
+                                     self._unit_length(store.meta, unit_length))
+
+    # -- construction
+
+    @staticmethod
+    def _select(store, min_len, max_len, name_glob, text_contains, split) -> np.ndarray:
+        filters = dict(min_len=min_len, max_len=max_len, name_glob=name_glob,
+                       text_contains=text_contains)
+        if any(v is not None for v in filters.values()):
+            indices = np.asarray(store.select(**filters), dtype=np.int64)
+        else:
+            indices = np.arange(len(store), dtype=np.int64)
+        if split is None:
+            return indices
+        names = _read_split(split)
+        index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
+        missing = [name for name in names if name not in index_of]
+        if missing:
+            raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
+                              f"{store.path}, e.g. {missing[0]!r}")
+        wanted = np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
+        return wanted[np.isin(wanted, indices)]
+
+    def _init_plain(self, store, indices, drop_uncaptioned):
+        if drop_uncaptioned:
+            indices = indices[_captioned_mask(store, indices)]
+        self._sample = indices
+        self._subclips = self._captions = None
+        self.lengths = np.asarray(store.lengths, dtype=np.int64)[indices]
+
+    def _init_humanml3d(self, store, indices, drop_uncaptioned, fps, unit_length):
+        lengths = np.asarray(store.lengths, dtype=np.int64)
+        sample, subclips, captions = [], [], []
+        for i in indices.tolist():
+            whole = []
+            for parsed in filter(None, map(parse_humanml3d_line, store.texts(i))):
+                if parsed.start == 0.0 and parsed.end == 0.0:
+                    whole.append(parsed.text)
+                    continue
+                lo, hi = subclip_bounds(parsed.start, parsed.end, fps, unit_length)
+                if lo < hi:
+                    sample.append(i)
+                    subclips.append((lo, hi, f"_{parsed.start:f}_{parsed.end:f}"))
+                    captions.append([parsed.text])
+            if whole or not drop_uncaptioned:
+                sample.append(i)
+                subclips.append(None)
+                captions.append(whole)
+        self._sample = np.asarray(sample, dtype=np.int64)
+        self._subclips = subclips    # (first code, end code, name suffix), None: whole motion
+        self._captions = captions
+        # A sub-clip past the end of its motion is cut short by the slice; so is its length.
+        self.lengths = np.asarray(
+            [lengths[i] if clip is None else max(0, min(clip[1], lengths[i]) - clip[0])
+             for i, clip in zip(sample, subclips)], dtype=np.int64)
+
+    @staticmethod
+    def _unit_length(meta, argument):
+        from_meta = _model_unit_length(meta)
+        if from_meta is not None and argument is not None and from_meta != argument:
+            raise LoaderError(f"unit_length={argument} contradicts the store's model config "
+                              f"({from_meta} frames per code)")
+        unit_length = from_meta if from_meta is not None else argument
+        if unit_length is None:
+            raise LoaderError("the store's meta has no model_config to take unit_length from: "
+                              "pass unit_length= (frames per code) for HumanML3D sub-clips")
+        return unit_length
+
+    # -- reading
+
+    def _opened(self):
+        """This process's store and generator, made on first use in each process."""
+        local = self._local.here()
+        if not local:
+            from . import TokenStore
+
+            local["store"] = TokenStore.open(self.store_path)
+            local["rng"] = _process_rng(self.seed, CAPTION_STREAM)
+        return local["store"], local["rng"]
+
+    def __len__(self) -> int:
+        return len(self._sample)
+
+    def __getitem__(self, item: int) -> CodeItem:
+        store, rng = self._opened()
+        sample = store[int(self._sample[item])]
+        codes, name = sample.codes, sample.name
+        if self._captions is None:
+            captions = plain_captions(sample.texts)
+        else:
+            captions, clip = self._captions[item], self._subclips[item]
+            if clip is not None:
+                codes, name = codes[clip[0]:clip[1]], name + clip[2]
+        if self.all_captions:
+            caption = captions
+        else:
+            caption = captions[int(rng.random() * len(captions))] if captions else ""
+        codes = torch.from_numpy(codes.astype(np.int64))
+        return CodeItem(codes if self.dtype == torch.int64 else codes.to(self.dtype), caption, name)
+
+    def collator(self, block_size: int | None = None, augment: bool = False) -> CodeCollator:
+        """The collate for this dataset's tokens (seeded like the dataset)."""
+        return CodeCollator(self.end_token, self.pad_token, block_size=block_size,
+                            augment=augment, seed=self.seed, dtype=self.dtype)
+
+
+# What a line's byte says about the line, read from its start: SPACE, ASCII whitespace that
+# str.strip() removes (look at the next byte); INK, the start of a character strip() keeps; CHECK,
+# a byte that may begin a Unicode space (U+0085, U+00A0, U+1680, U+2000.., U+3000) or is not
+# valid UTF-8 here: decode the line and strip it.
+_SPACE, _INK, _CHECK = 0, 1, 2
+_BYTE_KIND = np.full(256, _INK, dtype=np.int8)
+_BYTE_KIND[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = _SPACE
+_BYTE_KIND[0x80:0xC0] = _CHECK
+_BYTE_KIND[[0xC2, 0xE1, 0xE2, 0xE3]] = _CHECK
+_TEXT_WINDOW = 16 << 20   # caption bytes looked at at a time
+
+
+def _inked_lines(window: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each line window[starts[j]:ends[j]] keeps something after str.strip().
+
+    Looks at each line's first byte, then at the next byte of the lines that began with
+    whitespace, and so on: a few vectorised steps instead of a Python call per line.
+    """
+    if not window.size:                            # only empty lines: all blank
+        return np.zeros(len(starts), dtype=bool)
+    kind = _BYTE_KIND[np.take(window, starts, mode="clip")]
+    inked = (kind == _INK) & (ends > starts)       # an empty line is blank
+    pending, step = np.flatnonzero(~inked & (ends > starts)), 0
+    while pending.size:
+        position = starts[pending] + step
+        inside = position < ends[pending]          # a line used up is blank
+        pending, position = pending[inside], position[inside]
+        kind = _BYTE_KIND[window[position]]
+        inked[pending[kind == _INK]] = True
+        for j in pending[kind == _CHECK]:
+            line = window[starts[j]:ends[j]].tobytes().decode("utf-8", errors="replace")
+            inked[j] = bool(line.strip())
+        pending, step = pending[kind == _SPACE], step + 1
+    return inked
+
+
+def _captioned_mask(store, indices: np.ndarray) -> np.ndarray:
+    """Which of `indices` have a caption line that is not blank (see plain_captions).
+
+    Reads the store's caption arrays directly (`_read()`): its public API has only per-sample
+    texts(i), which costs seconds on a store of millions.
+    """
+    reader = store._read()
+    line_offsets, sample_lines = reader.loaded("line_offsets"), reader.loaded("sample_lines")
+    text = reader.array("text")
+    lines = len(line_offsets) - 1
+    inked = np.zeros(lines, dtype=bool)
+    first = 0
+    while first < lines:                  # windows of whole lines
+        last = int(np.searchsorted(line_offsets, line_offsets[first] + _TEXT_WINDOW, "right")) - 1
+        last = min(max(last, first + 1), lines)
+        base = int(line_offsets[first])
+        window = text.read(base, int(line_offsets[last]))
+        inked[first:last] = _inked_lines(window, line_offsets[first:last] - base,
+                                         line_offsets[first + 1:last + 1] - base)
+        first = last
+    running = np.concatenate([[0], np.cumsum(inked)])
+    return running[sample_lines[indices + 1]] > running[sample_lines[indices]]
+
+
+# --------------------------------------------------------------------------- collate
+
+class CodeBatch(NamedTuple):
+    tokens: torch.Tensor      # (B, L): codes, end token, pad tokens
+    lengths: torch.Tensor     # (B,) int64: number of codes before the end token
+    captions: list
+    names: list[str]
+
+
+def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
+    """The original's augmentation for `count` samples: with probability 1/3 drop one code, at the
+    head or the tail with equal chance (so 1/6 each); else keep (T2M-GPT and MotionMillion draw
+    `np.random.choice([False, False, True])`, then `np.random.choice([True, False])`)."""
+    drop = rng.integers(3, size=count) == 2
+    tail = rng.integers(2, size=count) == 0
+    return np.where(drop, np.where(tail, DROP_LAST, DROP_FIRST), KEEP)
+
+
+def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
+                  block_size: int | None = None, drops: Sequence[int] | None = None,
+                  dtype: torch.dtype = torch.int64) -> CodeBatch:
+    """MotionMillion's training layout: each row is codes, one end token, then pad tokens up to
+    `block_size` (or to the longest row of the batch + its end token when None).
+
+    `drops[b]` (KEEP / DROP_FIRST / DROP_LAST) applies the augmentation first, as the original
+    does; a one-code sample is never emptied. Codes that do not fit are cropped to their first
+    block_size - 1 so that the end token always fits: the original does not crop (its torch.stack
+    fails on such a row); keeping the head keeps the part the caption starts with.
+    """
+    count = len(items)
+    full = np.fromiter((item.codes.shape[0] for item in items), dtype=np.int64, count=count)
+    choice = np.zeros(count, np.int64) if drops is None else np.asarray(drops, np.int64)
+    choice = np.where(full > 1, choice, KEEP)
+    head = (choice == DROP_FIRST).astype(np.int64)
+    lengths = full - (choice != KEEP)
+    if block_size is not None:
+        lengths = np.minimum(lengths, block_size - 1)
+    width = block_size if block_size is not None else int(lengths.max(initial=0)) + 1
+    # One gather and one scatter for the whole batch: torch costs microseconds per call.
+    total = int(lengths.sum())
+    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    source = np.repeat(np.cumsum(full) - full + head, lengths) + within
+    target = np.repeat(np.arange(count) * width, lengths) + within
+    tokens = torch.full((count, width), pad_token, dtype=dtype)
+    if total:
+        flat = torch.cat([item.codes for item in items])
+        tokens.view(-1)[torch.from_numpy(target)] = flat[torch.from_numpy(source)].to(dtype)
+    lengths = torch.from_numpy(lengths)
+    tokens[torch.arange(count), lengths] = end_token
+    return CodeBatch(tokens, lengths, [item.caption for item in items],
+                     [item.name for item in items])
+
+
+@dataclass
+class CodeCollator:
+    """`collate_codes` with fixed tokens and the augmentation drawn from a per-process generator;
+    a plain picklable object so that it runs inside spawned workers too."""
+
+    end_token: int
+    pad_token: int
+    block_size: int | None = None
+    augment: bool = False
+    seed: int | None = None
+    dtype: torch.dtype = torch.int64
+
+    def __post_init__(self):
+        if self.block_size is not None and self.block_size < 1:
+            raise LoaderError(f"block_size must be at least 1 (room for the end token), "
+                              f"not {self.block_size}")
+        self._local = _PerProcess()
+
+    def __call__(self, items: Sequence[CodeItem]) -> CodeBatch:
+        drops = None
+        if self.augment:
+            local = self._local.here()
+            if not local:
+                local["rng"] = _process_rng(self.seed, AUGMENT_STREAM)
+            drops = drop_choices(len(items), local["rng"])
+        return collate_codes(items, self.end_token, self.pad_token, self.block_size, drops,
+                             self.dtype)
+
+
+# --------------------------------------------------------------------------- sampler
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar lengths, for `DataLoader(batch_sampler=...)`.
+
+    Each epoch: shuffle all indices (seed, epoch), sort each pool of `pool_batches` batches by
+    length, cut the pools into batches, shuffle the batches. Under DDP every rank takes an
+    interleaved, disjoint share of equally many batches (the last len % num_replicas batches of
+    the epoch's order are dropped, a different few each epoch). `state_dict()` records the epoch
+    and how many batches were handed out; after `load_state_dict()` the next iteration continues
+    that epoch's order where it stopped.
+    """
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *,
+                 pool_batches: int = 64, drop_last: bool = False, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
+        if batch_size < 1 or pool_batches < 1:
+            raise LoaderError("batch_size and pool_batches must be positive")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        if not 0 <= rank < num_replicas:
+            raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.pool_batches = pool_batches
+        self.drop_last = drop_last
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._resume_at = 0   # batches of self.epoch to skip at the next iteration
+        self._handed_out = 0  # batches of self.epoch handed out so far
+
+    def _num_batches_total(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._num_batches_total() // self.num_replicas
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch, in order."""
+        size, num_batches = self.batch_size, self._num_batches_total()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        if self.drop_last:  # drop a random few, not the longest of the last pool
+            order = order[:num_batches * size]
+        pool_of = np.arange(len(order)) // (size * self.pool_batches)
+        order = order[np.lexsort((self.lengths[order], pool_of))]
+        starts = np.arange(0, num_batches * size, size)
+        starts = starts[rng.permutation(len(starts))]
+        starts = starts[:len(self) * self.num_replicas][self.rank::self.num_replicas]
+        return [order[s:s + size] for s in starts]
+
+    def __iter__(self):
+        batches = self.epoch_batches()
+        start, self._resume_at = self._resume_at, 0
+        self._handed_out = start
+        for batch in batches[start:]:
+            self._handed_out += 1
+            yield batch.tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes."""
+        if epoch != self.epoch:
+            self.epoch, self._resume_at, self._handed_out = epoch, 0, 0
+
+    def state_dict(self, batches_done: int | None = None) -> dict:
+        """Where this epoch stands. A DataLoader with workers draws batches ahead of the training
+        loop, so pass the number of batches the loop has consumed this epoch as `batches_done`."""
+        done = self._handed_out if batches_done is None else batches_done
+        return {"epoch": self.epoch, "batches_done": int(done), **self._order_args()}
+
+    def _order_args(self) -> dict:
+        """What decides the order: a state saved under other values resumes another order."""
+        return {"seed": self.seed, "batch_size": self.batch_size,
+                "pool_batches": self.pool_batches, "drop_last": self.drop_last,
+                "num_samples": len(self.lengths), "num_replicas": self.num_replicas,
+                "rank": self.rank}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._order_args()
+        for key in mine:
+            if state.get(key) != mine[key]:
+                raise LoaderError(f"sampler state has {key}={state.get(key)!r}, this sampler "
+                                  f"{mine[key]!r}: it resumes a different order")
+        if not 0 <= state["batches_done"] <= len(self):
+            raise LoaderError(f"sampler state has batches_done={state['batches_done']} of "
+                              f"{len(self)} batches")
+        self.epoch = int(state["epoch"])
+        self._resume_at = self._handed_out = int(state["batches_done"])
