@@ -114,6 +114,7 @@ def test_precision_modes_and_no_leaked_global_state():
     assert (bf16 == fp32).float().mean() > 0.5  # close to fp32, not necessarily equal
     assert not torch.is_autocast_enabled("cpu") and not torch.is_inference_mode_enabled()
     assert torch.is_grad_enabled()
+    fp32 += 0  # an ordinary tensor, not an inference tensor that refuses in-place edits
     with pytest.raises(VQVAEError, match="precision must be one of"):
         model.encode(x, precision="fp16")
 
@@ -146,3 +147,17 @@ def test_normalize_is_float64_arithmetic_rounded_once():
     assert back.dtype == np.float32 and np.allclose(back, motion, atol=1e-5)
     with pytest.raises(VQVAEError, match="do not match mean"):
         normalize(motion, mean[:5], std[:5])
+
+
+def test_cuda_precision_settings_hold_only_within_the_call():
+    """The TF32 switches are global torch state: set for one encode call, restored after."""
+    from vqvae.model import _precision
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    with _precision("tf32", torch.device("cuda")):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    with pytest.raises(RuntimeError, match="boom"), _precision("fp32", torch.device("cuda")):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        raise RuntimeError("boom")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before

@@ -1,8 +1,9 @@
 """The MotionMillion / T2M-GPT motion VQ-VAE in one file, loadable from the original checkpoints.
 
 Module names and attribute names are the original's, because they are the state-dict names.
-The forward ops follow the original one for one (including its transposes), so that the float
-arithmetic, and therefore every code, is the same. What the original computes on every call and
+The encoder and FSQ follow the original op for op (including its transposes), so that the float
+arithmetic, and therefore every code, is the same; the codebook search is the one deliberate
+change (float64, see CodebookQuantizer.encode). What the original computes on every call and
 encoding does not need (the commitment loss, the perplexity over a codebook-size one-hot) is gone.
 """
 from __future__ import annotations
@@ -224,8 +225,8 @@ class CodebookQuantizer(nn.Module):
 
 
 def _autocast_off(device: torch.device):
-    """The quantizer always runs in float32, even inside an autocast region (as the original's FSQ)."""
-    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+    """The quantizer always runs in full precision, even inside an autocast region (as the original's FSQ)."""
+    if device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -277,8 +278,13 @@ class VQVAE(nn.Module):
 
     def encode(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """(B, T, input_dim) normalized motion, T a multiple of unit_length -> (B, T / unit) codes
-        (int32 for FSQ, int64 otherwise). fp32 gives the original's codes; tf32 (CUDA only) and
-        bf16 trade exactness for speed."""
+        (int32 for FSQ, int64 otherwise), on x's device.
+
+        precision: "fp32" is IEEE float32 throughout, the original's arithmetic on CPU (on CUDA it
+        also turns off cuDNN's default TF32 convolutions for the call); "tf32" allows TF32 matmuls
+        and convolutions on CUDA for the call (on CPU it is fp32); "bf16" runs the encoder under
+        autocast, the quantizer in float32 as the original's does. Only fp32 promises exact codes.
+        """
         if precision not in PRECISIONS:
             raise VQVAEError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] != self._config.input_dim:
@@ -290,8 +296,9 @@ class VQVAE(nn.Module):
         if not x.is_floating_point():
             raise VQVAEError(f"expected a float tensor, got {x.dtype}")
         with torch.inference_mode(), _precision(precision, x.device):
-            h = self.vqvae["encoder"](x.permute(0, 2, 1).float())
-            return self.vqvae["quantizer"].encode(h)
+            h = self.vqvae["encoder"](x.permute(0, 2, 1).float())  # the original's preprocess
+            codes = self.vqvae["quantizer"].encode(h)
+        return codes.clone()  # an ordinary tensor: inference tensors refuse later in-place edits
 
     def decode(self, codes) -> torch.Tensor:
         """(B, T') codes -> (B, T' * unit, input_dim) float32 motion in normalized space."""
@@ -303,12 +310,14 @@ class VQVAE(nn.Module):
                              f"[{int(codes.min())}, {int(codes.max())}] (end/pad tokens cannot be decoded)")
         with torch.inference_mode():
             latents = self.vqvae["quantizer"].decode(codes).contiguous()
-            return self.vqvae["decoder"](latents).permute(0, 2, 1).contiguous()
+            motion = self.vqvae["decoder"](latents).permute(0, 2, 1)
+        return motion.clone(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
 def _precision(precision: str, device: torch.device):
-    """Set float32 matmul/conv precision (CUDA) or bf16 autocast for one call, then restore."""
+    """bf16 autocast, or the CUDA float32 matmul/conv precision, for one call; restored after
+    (it is process-global state, so concurrent calls in threads would see each other's setting)."""
     if precision == "bf16":
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
@@ -316,11 +325,18 @@ def _precision(precision: str, device: torch.device):
     if device.type != "cuda":  # TF32 exists only on CUDA: on CPU tf32 is fp32
         yield
         return
-    mode = "tf32" if precision == "tf32" else "ieee"
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision, conv.fp32_precision = mode, mode
+    tf32 = precision == "tf32"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        mode = "tf32" if tf32 else "ieee"
+        settings = [(torch.backends.cuda.matmul, "fp32_precision", mode),
+                    (torch.backends.cudnn.conv, "fp32_precision", mode)]
+    else:
+        settings = [(torch.backends.cuda.matmul, "allow_tf32", tf32), (torch.backends.cudnn, "allow_tf32", tf32)]
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        matmul.fp32_precision, conv.fp32_precision = saved
+        for (owner, name, _), value in zip(settings, saved):
+            setattr(owner, name, value)
