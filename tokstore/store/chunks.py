@@ -26,6 +26,8 @@ class ChunkedArray:
         self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
         self._recent: deque[int] | None = None if mapped else deque()
         self._cache_chunks = cache_chunks
+        self._empty = np.zeros(0, self.dtype)
+        self._empty.flags.writeable = False
 
     def chunk(self, k: int) -> np.ndarray:
         chunk = self._chunks[k]
@@ -44,9 +46,9 @@ class ChunkedArray:
         return chunk
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Values [start, stop): a read-only view when they lie in one chunk, else a copy."""
+        """Values [start, stop), read-only: a view when they lie in one chunk, else a copy."""
         if start >= stop:
-            return np.zeros(0, self.dtype)
+            return self._empty
         size = self.chunk_len
         k = start // size
         base = k * size
@@ -58,7 +60,9 @@ class ChunkedArray:
         last = (stop - 1) // size
         parts = [self.chunk(j)[max(start - j * size, 0):min(stop - j * size, size)]
                  for j in range(k, last + 1)]
-        return np.concatenate(parts)
+        values = np.concatenate(parts)
+        values.flags.writeable = False  # like the views: store data is not edited in place
+        return values
 
     def blocks(self):
         """(start, values) for every chunk of the committed prefix, in order."""

@@ -70,8 +70,8 @@ class HDF5Container:
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        _lock(fd, path)
         try:
+            _lock(fd, path)
             file = h5py.File(target, "w", libver="latest", userblock_size=USERBLOCK, locking=False)
             for name, dtype in dtypes.items():
                 if name == "counts":
@@ -210,7 +210,6 @@ def _lock(fd: int, path: str):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         raise StoreLockedError(f"{path} is open for writing by another process") from None
 
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .errors import NameNotFoundError, StoreCorruptError
-from .format import Record, crc32, name_hashes
+from .format import ARRAYS, Record, crc32, name_hashes
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
 
@@ -23,6 +23,8 @@ class StoreReader:
         self._container, self._dtypes = container, dtypes
         self._arrays: dict = {}
         self._loaded: dict = {}
+        for name in ARRAYS:  # metadata only: each must hold its committed length
+            self.array(name)
         self.offsets = self.loaded("offsets")
         if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
             raise StoreCorruptError(f"{container.path}: offsets do not span the {record.lengths['codes']} "

@@ -55,8 +55,8 @@ class TokenStore:
         self._reader: StoreReader | None = None
         self._writer: StoreWriter | None = None
         self._closed = False
+        reader = self._read()  # reads the offsets and checks every array against the record
         if writable:
-            reader = self._read()
             self._writer = StoreWriter(container, record, self._dtypes, reader.counts, self._read)
             self._writer.dirty = reader.stale_counts  # rewrite counts at the next commit
 
