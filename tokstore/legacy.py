@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
+from tokstore.sources import read_captions, read_split
 from tokstore.store import TokenStore
 
 LEGACY_DTYPES = ("int32", "int64")   # FSQ models write int32, codebook (ema_reset) models int64
@@ -52,18 +53,6 @@ def check_name(name: str) -> str:
 def legacy_file(root: str | Path, name: str, suffix: str) -> Path:
     """`root/<name><suffix>`, sub-folders as the name has them (names may contain spaces)."""
     return Path(root) / (check_name(name) + suffix)
-
-
-def read_split(path: str | Path) -> list[str]:
-    """Names of a split file, one per line, stripped as the original strips them; blank lines skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def read_lines(path: Path) -> list[str]:
-    """Caption lines exactly as the original's open(txt).readlines(): '\\n' and blank lines kept."""
-    with open(path, encoding="utf-8") as f:
-        return f.readlines()
 
 
 def _replace_atomically(out_file: str | Path, write) -> Path:
@@ -286,7 +275,12 @@ def _legacy_samples_from_dirs(codes_dir: Path, texts_dir: Path, names: list[str]
             raise
         except Exception as exc:
             raise LegacyFormatError(f"{code_path}: not a readable .npy file ({exc})") from None
-        yield name, _check_codes(codes, str(code_path)), read_lines(legacy_file(texts_dir, name, ".txt"))
+        text_path = legacy_file(texts_dir, name, ".txt")
+        try:
+            lines = read_captions(text_path)
+        except UnicodeDecodeError as exc:
+            raise LegacyFormatError(f"{text_path}: captions are not valid UTF-8 ({exc})") from None
+        yield name, _check_codes(codes, str(code_path)), lines
 
 
 def _write_store(store_path, samples, total: int, codebook_size: int, backend: str | None,
