@@ -1,0 +1,296 @@
+"""Legacy files through the CLI: golden exports equal the original's, imports round-trip, and an
+untrusted pickle cannot run code."""
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import pickletools
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cli
+from tokstore import TokenStore
+from tokstore.legacy import legacy_probs, read_all_data
+
+runner = CliRunner()
+
+
+def tokstore(*args) -> object:
+    return runner.invoke(cli.app, [str(arg) for arg in args])
+
+
+def succeeds(*args):
+    result = tokstore(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(*args, says: str):
+    """The command exits 1 with a one-line error naming the problem."""
+    result = tokstore(*args)
+    assert result.exit_code == 1, result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and says in error_lines[0], result.stderr
+    return result
+
+
+def golden_paths(path):
+    dataset = path / "dataset"
+    return {"codes": path / "expected" / "codes", "texts": dataset / "texts",
+            "split": dataset / "split" / "version1" / "t2m_60_300" / "all.txt",
+            "prob": path / "expected" / "prob.npy", "pickle": path / "expected" / "all_data.pkl"}
+
+
+def load_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def pickle_globals(path) -> set[str]:
+    """The module.name pairs a pickle references (STACK_GLOBAL takes the two strings before it)."""
+    strings, found = [], set()
+    for op, arg, _ in pickletools.genops(path.read_bytes()):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE"):
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL":
+            found.add(".".join(strings[-2:]))
+    return found
+
+
+def assert_all_data_equal(ours: dict, expected: dict):
+    assert list(ours) == list(expected) == ["text_data", "code_data", "file_names"]
+    assert type(ours["file_names"]) is list and ours["file_names"] == expected["file_names"]
+    assert list(ours["text_data"]) == list(expected["text_data"])
+    assert list(ours["code_data"]) == list(expected["code_data"])
+    for name, lines in expected["text_data"].items():
+        assert type(ours["text_data"][name]) is list and ours["text_data"][name] == lines
+    for name, codes in expected["code_data"].items():
+        mine = ours["code_data"][name]
+        assert type(mine) is np.ndarray and mine.dtype == codes.dtype and mine.shape == codes.shape
+        assert mine.flags.c_contiguous and np.array_equal(mine, codes)
+
+
+def assert_code_dirs_equal(ours, expected):
+    files = sorted(p.relative_to(expected) for p in expected.rglob("*.npy"))
+    assert sorted(p.relative_to(ours) for p in ours.rglob("*.npy")) == files
+    for relative in files:
+        mine, theirs = np.load(ours / relative), np.load(expected / relative)
+        assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+        assert np.array_equal(mine, theirs)
+
+
+def assert_stores_equal(a_path, b_path):
+    with TokenStore.open(a_path) as a, TokenStore.open(b_path) as b:
+        assert list(a.names) == list(b.names)
+        assert a.codebook_size == b.codebook_size
+        assert a.meta["legacy_code_dtype"] == b.meta["legacy_code_dtype"]
+        assert np.array_equal(a.counts, b.counts)
+        for i in range(len(a)):
+            assert np.array_equal(a.codes(i), b.codes(i))
+            assert list(a.texts(i)) == list(b.texts(i))
+
+
+# ---------------------------------------------------------------------------------------------
+# golden sets: the exports equal what the original wrote
+
+def test_golden_code_dir_import_exports_the_original_files(golden, tmp_path):
+    path, info = golden
+    files = golden_paths(path)
+    store = tmp_path / "store"
+    succeeds("import", "--store", store, "--codes-dir", files["codes"], "--texts-dir", files["texts"],
+             "--split", files["split"], "--prob", files["prob"])
+    with TokenStore.open(store) as opened:
+        assert list(opened.names) == info["names"]
+        assert opened.codebook_size == info["codebook_size"]   # read off the prob file
+        assert opened.meta["legacy_code_dtype"] == info["code_dtype"]
+        assert int(opened.lengths.sum()) + len(opened) == info["total_tokens"]   # + end tokens
+
+    succeeds("export-npy", store, tmp_path / "codes")
+    assert_code_dirs_equal(tmp_path / "codes", files["codes"])
+
+    succeeds("export-prob", store, tmp_path / "prob.npy")
+    ours, theirs = torch.load(tmp_path / "prob.npy"), torch.load(files["prob"])
+    assert ours.dtype == torch.float32 and torch.equal(ours, theirs)
+
+    succeeds("export-pickle", store, tmp_path / "all_data.pkl")
+    assert_all_data_equal(load_pickle(tmp_path / "all_data.pkl"), load_pickle(files["pickle"]))
+    assert pickle_globals(tmp_path / "all_data.pkl") == pickle_globals(files["pickle"])
+
+
+def test_golden_pickle_import_exports_the_original_files(golden, tmp_path):
+    path, info = golden
+    files = golden_paths(path)
+    store = tmp_path / "store"
+    succeeds("import", "--store", store, "--pickle", files["pickle"],
+             "--codebook-size", info["codebook_size"])
+    succeeds("export-pickle", store, tmp_path / "all_data.pkl")
+    assert_all_data_equal(load_pickle(tmp_path / "all_data.pkl"), load_pickle(files["pickle"]))
+    succeeds("export-prob", store, tmp_path / "prob.npy")   # counts recomputed from the codes
+    assert torch.equal(torch.load(tmp_path / "prob.npy"), torch.load(files["prob"]))
+
+
+def test_export_pickle_follows_a_split_file(golden, tmp_path):
+    path, info = golden
+    files = golden_paths(path)
+    store = tmp_path / "store"
+    succeeds("import", "--store", store, "--pickle", files["pickle"],
+             "--codebook-size", info["codebook_size"])
+    chosen = [info["names"][3], info["names"][0], info["names"][5]]
+    split = tmp_path / "subset.txt"
+    split.write_text("".join(f"{name}\n" for name in chosen))
+    succeeds("export-pickle", store, tmp_path / "subset.pkl", "--split", split)
+    expected = load_pickle(files["pickle"])
+    assert_all_data_equal(load_pickle(tmp_path / "subset.pkl"), {
+        "text_data": {name: expected["text_data"][name] for name in chosen},
+        "code_data": {name: expected["code_data"][name] for name in chosen},
+        "file_names": chosen})
+
+    split.write_text(f"{info['names'][0]}\nnot/in the store\n")
+    fails("export-pickle", store, tmp_path / "bad.pkl", "--split", split, says="'not/in the store'")
+    assert not (tmp_path / "bad.pkl").exists()
+
+
+def test_a_wrong_prob_file_is_refused(golden, tmp_path):
+    path, info = golden
+    files = golden_paths(path)
+    prob = torch.load(files["prob"])
+    prob[0] = torch.nextafter(prob[0], torch.tensor(1.0))   # one unit in the last place off
+    torch.save(prob, tmp_path / "wrong_prob.npy")
+    store = tmp_path / "store"
+    args = ("import", "--store", store, "--codes-dir", files["codes"], "--texts-dir", files["texts"],
+            "--split", files["split"])
+    fails(*args, "--prob", tmp_path / "wrong_prob.npy", says="prob file disagrees")
+    assert not store.exists()
+    fails(*args, "--prob", files["prob"], "--codebook-size", info["codebook_size"] + 1,
+          says="disagrees with the prob file")
+    fails(*args, says="--codebook-size")   # neither a size nor a prob file
+    assert not store.exists()
+
+
+def test_missing_legacy_files_and_bad_option_mixes_are_clear_errors(golden, tmp_path):
+    path, info = golden
+    files = golden_paths(path)
+    split = tmp_path / "split.txt"
+    split.write_text(f"{info['names'][0]}\nno/such motion\n")
+    store = tmp_path / "store"
+    fails("import", "--store", store, "--codes-dir", files["codes"], "--texts-dir", files["texts"],
+          "--split", split, "--codebook-size", info["codebook_size"], says="no/such motion.npy")
+    fails("import", "--store", store, "--pickle", files["pickle"], "--split", files["split"],
+          says="either --pickle")
+    fails("import", "--store", store, "--codes-dir", files["codes"], says="--texts-dir")
+    assert not store.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# round trip: import(export(store)) equals the store
+
+NAMES = ["humanml/000001", "aist/dance/clip 2", "idea400/a b/c", "plain"]
+TEXTS = [["a person walks\n"], ["jumps\n", "\n"], ["turns#x#0.0#0.0\n", "last line without newline"],
+         []]
+
+
+def synthetic_store(path, backend, dtype="int32", codebook_size=70):
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, codebook_size, size, dtype=dtype) for size in (5, 1, 9, 3)]
+    with TokenStore.create(path, codebook_size, backend=backend,
+                           meta={"legacy_code_dtype": dtype}) as store:
+        store.append(NAMES, codes, TEXTS)
+        store.commit()
+    return path
+
+
+@pytest.mark.parametrize("backend, dtype", [("zarr", "int32"), ("hdf5", "int64")])
+def test_import_of_the_exports_equals_the_store(tmp_path, backend, dtype):
+    original = synthetic_store(tmp_path / f"original.{backend}", backend, dtype)
+
+    succeeds("export-pickle", original, tmp_path / "all_data.pkl")
+    via_pickle = tmp_path / f"via_pickle.{backend}"
+    succeeds("import", "--store", via_pickle, "--pickle", tmp_path / "all_data.pkl",
+             "--codebook-size", 70, "--backend", backend)
+    assert_stores_equal(original, via_pickle)
+
+    codes, texts, split = tmp_path / "codes", tmp_path / "texts", tmp_path / "all.txt"
+    succeeds("export-npy", original, codes)
+    succeeds("export-prob", original, tmp_path / "prob.npy")
+    assert np.load(codes / "aist/dance/clip 2.npy").dtype == np.dtype(dtype)
+    for name, lines in zip(NAMES, TEXTS):
+        (texts / name).parent.mkdir(parents=True, exist_ok=True)
+        (texts / f"{name}.txt").write_text("".join(lines))
+    split.write_text("".join(f"{name}\n" for name in NAMES))
+    via_files = tmp_path / f"via_files.{backend}"
+    succeeds("import", "--store", via_files, "--codes-dir", codes, "--texts-dir", texts,
+             "--split", split, "--prob", tmp_path / "prob.npy", "--backend", backend)
+    assert_stores_equal(original, via_files)
+
+
+def test_names_that_would_leave_the_output_folder_are_refused(tmp_path):
+    data = {"text_data": {"../escape": ["x\n"]},
+            "code_data": {"../escape": np.zeros((1, 2), np.int32)}, "file_names": ["../escape"]}
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(data))
+    fails("import", "--store", tmp_path / "store", "--pickle", tmp_path / "evil.pkl",
+          "--codebook-size", 8, says="'../escape'")
+    assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# an untrusted pickle cannot run code
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_a_command_is_refused(tmp_path):
+    marker = tmp_path / "the_command_ran"
+    payload = tmp_path / "all_data.pkl"
+    payload.write_bytes(pickle.dumps({"text_data": {}, "code_data": {},
+                                      "file_names": [RunsACommand(marker)]}))
+    fails("import", "--store", tmp_path / "store", "--pickle", payload, "--codebook-size", 8,
+          says="refusing to load posix.system")
+    assert not marker.exists() and not (tmp_path / "store").exists()
+
+
+def test_a_disallowed_global_nested_in_a_dict_is_refused(tmp_path):
+    payload = tmp_path / "all_data.pkl"
+    payload.write_bytes(pickle.dumps({
+        "text_data": {"a": [collections.OrderedDict(line="x\n")]},
+        "code_data": {"a": np.zeros((1, 2), np.int32)}, "file_names": ["a"]}))
+    fails("import", "--store", tmp_path / "store", "--pickle", payload, "--codebook-size", 8,
+          says="refusing to load collections.OrderedDict")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_numpy_arrays_load_under_every_pickle_protocol(tmp_path, protocol):
+    data = {"text_data": {"a": ["x\n", "\n"]}, "code_data": {"a": np.arange(4).reshape(1, 4)},
+            "file_names": ["a"]}
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+    assert_all_data_equal(read_all_data(tmp_path / "p.pkl"), data)
+
+
+# ---------------------------------------------------------------------------------------------
+# the arithmetic behind the probability file, where it matters: past 2**24 tokens
+
+def test_probabilities_use_the_originals_float32_division():
+    counts = np.zeros(66, np.int64)
+    counts[:64] = np.arange(64) * 1_000_003 + 7   # total far past 2**24: float32 rounds counts
+    counts[64] = 5_000                             # end tokens; pad stays 0
+    total = counts.sum()
+    probs = legacy_probs(counts)
+    assert probs.dtype == torch.float32
+    as_the_original = counts.astype(np.float32) / np.float32(total)
+    assert np.array_equal(probs.numpy(), as_the_original)
+    assert not np.array_equal(probs.numpy(), (counts / total).astype(np.float32))
+
+
+def test_export_without_a_legacy_dtype_is_a_clear_error(tmp_path):
+    with TokenStore.create(tmp_path / "store", 8) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    fails("export-npy", tmp_path / "store", tmp_path / "codes", says="legacy_code_dtype")
