@@ -145,7 +145,7 @@ def test_counts_and_probs(tmp_path, backend):
         assert store.counts.dtype == np.int64 and np.array_equal(store.counts, expected)
         probs = store.probs()
         assert probs.dtype == np.float32 and probs.shape == (CODEBOOK + 2,)
-        assert np.array_equal(probs, (expected / expected.sum()).astype(np.float32))
+        assert np.array_equal(probs, expected.astype(np.float32) / np.float32(expected.sum()))
 
 
 def test_probs_match_the_golden_probability_file(tmp_path, golden):

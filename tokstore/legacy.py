@@ -22,6 +22,7 @@ from tqdm import tqdm
 from tokstore.errors import TokstoreError
 from tokstore.sources import read_captions, read_split
 from tokstore.store import TokenStore
+from tokstore.store.format import probabilities
 
 LEGACY_DTYPES = ("int32", "int64")   # FSQ models write int32, codebook (ema_reset) models int64
 PICKLE_PROTOCOL = 4                  # what the original's pickle.dump wrote (Python 3.8-3.13 default)
@@ -70,11 +71,8 @@ def _replace_atomically(out_file: str | Path, write) -> Path:
 # the probability file
 
 def legacy_probs(counts: np.ndarray) -> torch.Tensor:
-    """counts / total with the original's arithmetic: int64 counts cast to float32, divided by the int
-    total in float32 (`code_counts.float() / total_tokens`). Differs from a float64 division once
-    counts pass 2**24."""
-    counts = torch.tensor(np.asarray(counts), dtype=torch.int64)
-    return counts.float() / int(counts.sum())
+    """The probability tensor the original saves, from a counts array."""
+    return torch.from_numpy(probabilities(np.asarray(counts, np.int64)))
 
 
 def load_prob(path: str | Path) -> torch.Tensor:

@@ -198,3 +198,13 @@ class Record:
             raise ValueError(f"meta is {type(meta).__name__}, not a dict")
         return cls(size, code_dtype, samples, lengths, checksums, meta,
                    str(raw.get("tokstore_version", "")))
+
+
+def probabilities(counts: np.ndarray) -> np.ndarray:
+    """counts / total with the original's arithmetic (`code_counts.float() / total_tokens`): counts
+    cast to float32, divided by the total in float32. A float64 division rounds differently once
+    counts pass 2**24, so this is what keeps a large store's probability file the original's."""
+    total = counts.sum()
+    if not total:
+        return np.zeros(len(counts), np.float32)
+    return counts.astype(np.float32) / np.float32(total)

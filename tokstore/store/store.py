@@ -9,7 +9,7 @@ import numpy as np
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreError
 from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, OFFSET_ARRAYS, Record, array_dtypes,
-                     check_code_dtype, default_code_dtype, json_safe)
+                     check_code_dtype, default_code_dtype, json_safe, probabilities)
 from .hdf5_container import HDF5Container
 from .reader import StoreReader
 from .writer import StoreWriter
@@ -230,10 +230,8 @@ class TokenStore:
         return self._read().counts
 
     def probs(self) -> np.ndarray:
-        """float32 counts / counts.sum(), as the legacy probability file holds it."""
-        counts = self.counts
-        total = counts.sum()
-        return (counts / total if total else np.zeros(len(counts))).astype(np.float32)
+        """counts / total as the legacy probability file holds it (see `probabilities`)."""
+        return probabilities(self.counts)
 
     def check(self) -> list[str]:
         """Read every committed byte; a list of problems, empty when the store is healthy."""
