@@ -329,3 +329,8 @@ def test_decode_unknown_name_is_a_clear_error(stores, tmp_path):
     result = cli("decode", stores(), "nope", tmp_path / "x.npy", "--checkpoint",
                  GOLDEN / "ema512" / "checkpoint.pth", ok=False)
     assert result.exit_code == 1 and "no sample named 'nope'" in result.output
+
+
+def test_verify_reports_a_checkpoint_of_another_model_as_a_failure(stores):
+    out = cli("verify", stores("fsq64000"), "--checkpoint", GOLDEN / "ema512" / "checkpoint.pth", ok=False).output
+    assert out.startswith("FAIL re-encoding: checkpoint") and "does not fit the config" in out

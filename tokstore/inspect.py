@@ -90,7 +90,8 @@ def store_info(store) -> dict:
     return {
         "path": str(store.path),
         "backend": store.backend,
-        # Record.from_dict refuses any other version, and TokenStore exposes neither fact: see report
+        # TokenStore has no accessor for these two: the format version is the only one the
+        # store package opens, the writer's version sits in the commit record
         "format_version": FORMAT_VERSION,
         "written_by": store._record.tokstore_version,
         "read_by": tokstore.__version__,
@@ -286,8 +287,14 @@ def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | N
                             f"{store.codebook_size}")
     report = VerifyReport(problems)
     if checkpoint is not None and reencode_k > 0:
-        report.reencoding = found = reencode(store, checkpoint, reencode_k, precision, seed, device,
-                                             mean_file, std_file)
+        from vqvae import VQVAEError
+
+        try:
+            report.reencoding = found = reencode(store, checkpoint, reencode_k, precision, seed,
+                                                 device, mean_file, std_file)
+        except (TokstoreError, VQVAEError) as exc:  # a checkpoint that does not fit, a lost source
+            problems.append(f"re-encoding: {exc}")
+            return report
         if found.agreement < min_agreement:
             problems.append(f"re-encoding: token agreement {found.agreement:.2%} is below "
                             f"{min_agreement:.2%}; samples that differ: {', '.join(found.differing)}")
