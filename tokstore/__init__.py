@@ -5,3 +5,4 @@ __version__ = "0.1.0"
 from .errors import TokstoreError  # noqa: E402
 
 __all__ = ["TokstoreError", "__version__"]
+from .store import TokenStore  # noqa: E402

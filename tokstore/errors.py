@@ -3,3 +3,16 @@
 
 class TokstoreError(Exception):
     """Base class of every error tokstore raises on bad input or a bad store."""
+
+
+# --- dataset sources (tokstore/sources.py) ---
+class SourceError(TokstoreError):
+    """A dataset input (layout, split, captions, normalization stats) is missing or malformed."""
+
+
+class PreflightError(SourceError):
+    """The preflight pass found bad entries; `.problems` holds every one, not just the first."""
+
+    def __init__(self, message: str, problems: list):
+        super().__init__(message)
+        self.problems = problems

@@ -1,0 +1,43 @@
+"""Errors of the token store. All are TokstoreError, so cli.py prints them as one line."""
+from __future__ import annotations
+
+from ..errors import TokstoreError
+
+
+class StoreError(TokstoreError):
+    """Base class of every store error (also: misuse such as writing a read-only store)."""
+
+
+class NotAStoreError(StoreError):
+    """The path does not exist, or is not a tokstore store."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer format version than this tokstore reads."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's attributes or arrays are damaged."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store open for writing."""
+
+
+class SampleError(StoreError):
+    """`append` was given samples it cannot store; nothing was added."""
+
+
+class DuplicateNameError(SampleError):
+    """A sample name occurs twice in one batch, or is already in the store."""
+
+
+class CodeRangeError(SampleError):
+    """A code is negative or not below the codebook size."""
+
+
+class NameNotFoundError(StoreError, KeyError):
+    """No sample has this name. Also a KeyError, so `store[name]` behaves like a dict."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,182 @@
+"""The tokstore format: array names, dtypes, the commit record, and how it is validated.
+
+One logical format, two containers (a Zarr v3 group, or one HDF5 file). Every array is 1-D,
+uncompressed, little-endian and chunked; no variable-length types (they are not portable).
+Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 entries, first 0):
+
+    codes         uint16 if codebook_size <= 65536 else int32   all samples' codes, end to end
+    offsets       int64 (n + 1)       sample i's codes are codes[offsets[i]:offsets[i+1]]
+    names         uint8               UTF-8 names, end to end
+    name_offsets  int64 (n + 1)       sample i's name is names[name_offsets[i]:name_offsets[i+1]]
+    name_hashes   uint64 (n)          blake2b-64 of each UTF-8 name: duplicate checks and
+                                      name lookup without a dict of every name
+    text          uint8               UTF-8 caption lines, end to end, verbatim ('\\n' kept)
+    line_offsets  int64 (lines + 1)   line j is text[line_offsets[j]:line_offsets[j+1]]
+    sample_lines  int64 (n + 1)       sample i's lines are lines sample_lines[i]..sample_lines[i+1]-1
+    counts        int64 (codebook_size + 2)  codes 0..K-1, then the end token (once per sample),
+                                      then the pad token (always 0); rewritten at every commit
+
+The commit record is one JSON object: it names the committed length and the running crc32 of
+every append-only array, the sample count, the static facts (format version, codebook size,
+end/pad tokens, code dtype, tokstore version) and the provenance `meta` (legacy_code_dtype,
+model_config, checkpoint_sha256, ...). Writing it is the commit: one small atomic write.
+ - Zarr: the record is the `tokstore` attribute of the root group; zarr's LocalStore replaces
+   zarr.json through a temporary file and a rename, object stores replace objects whole.
+ - HDF5: the record lives in the file's userblock (bytes HDF5 never touches), in two slots
+   written alternately, each with a sequence number and a crc32; the newest valid slot wins.
+Data beyond a committed length is invisible. Arrays only grow, and a rewritten partial chunk
+keeps its committed prefix byte for byte, so a crash at any moment leaves the last commit intact.
+Reopening for append cuts every array back to its committed length (zeroing the dropped tail of
+the last chunk, so the result is what an uninterrupted run writes) and carries on.
+
+`counts` is derived data: the record holds its crc32, and a reader that finds the stored array
+out of step with the record (a crash between the two writes) recomputes it from the codes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreVersionError
+
+FORMAT_NAME = "tokstore"
+FORMAT_VERSION = 1
+RECORD_KEY = "tokstore"           # zarr root attribute holding the commit record
+DEFAULT_CHUNK_BYTES = 1 << 19     # 512 KiB: small enough that a commit rewrites little
+
+# The append-only arrays, in write order, with their dtypes ("codes" depends on the codebook).
+ARRAYS = ("codes", "offsets", "names", "name_offsets", "name_hashes",
+          "text", "line_offsets", "sample_lines")
+FIXED_DTYPES = {"offsets": "<i8", "names": "|u1", "name_offsets": "<i8", "name_hashes": "<u8",
+                "text": "|u1", "line_offsets": "<i8", "sample_lines": "<i8"}
+OFFSET_ARRAYS = ("offsets", "name_offsets", "line_offsets", "sample_lines")  # start as [0]
+CODE_DTYPES = ("uint16", "int32", "int64")
+
+
+def default_code_dtype(codebook_size: int) -> str:
+    return "uint16" if codebook_size <= 65536 else "int32"
+
+
+def check_code_dtype(code_dtype: str, codebook_size: int) -> str:
+    if code_dtype not in CODE_DTYPES:
+        raise StoreError(f"code dtype must be one of {', '.join(CODE_DTYPES)}, not {code_dtype!r}")
+    if np.iinfo(code_dtype).max < codebook_size - 1:
+        raise StoreError(f"code dtype {code_dtype} cannot hold codes up to {codebook_size - 1}")
+    return code_dtype
+
+
+def array_dtype(name: str, code_dtype: str) -> np.dtype:
+    return np.dtype(code_dtype).newbyteorder("<") if name == "codes" else np.dtype(FIXED_DTYPES[name])
+
+
+def chunk_length(dtype: np.dtype, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // dtype.itemsize)
+
+
+def name_hashes(encoded_names: list[bytes]) -> np.ndarray:
+    """blake2b-64 of each UTF-8 name as uint64: stable across processes, unlike hash()."""
+    digests = b"".join(hashlib.blake2b(n, digest_size=8).digest() for n in encoded_names)
+    return np.frombuffer(digests, dtype="<u8")
+
+
+def crc32(array: np.ndarray, start: int = 0) -> int:
+    """Running crc32 over an array's little-endian bytes (continue with start=previous)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), start)
+
+
+def json_safe(meta: dict, what: str = "meta") -> dict:
+    """A deep copy of meta, or a StoreError naming why it cannot be stored as JSON."""
+    if not isinstance(meta, dict):
+        raise StoreError(f"{what} must be a dict, not {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(meta, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): {exc}") from None
+
+
+@dataclass
+class Record:
+    """One commit: what a reader may see. Serialized as the JSON commit record."""
+
+    codebook_size: int
+    code_dtype: str
+    samples: int = 0
+    lengths: dict = field(default_factory=dict)     # committed length of each append-only array
+    checksums: dict = field(default_factory=dict)   # crc32 per array, and of the counts array
+    meta: dict = field(default_factory=dict)
+    tokstore_version: str = ""
+
+    @property
+    def end_token(self) -> int:
+        return self.codebook_size
+
+    @property
+    def pad_token(self) -> int:
+        return self.codebook_size + 1
+
+    @classmethod
+    def empty(cls, codebook_size: int, code_dtype: str, meta: dict, version: str) -> "Record":
+        lengths = {name: (1 if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
+        zero = np.zeros(1, dtype="<i8")
+        checksums = {name: (crc32(zero) if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
+        checksums["counts"] = crc32(np.zeros(codebook_size + 2, dtype="<i8"))
+        return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "tokstore_version": self.tokstore_version,
+                "codebook_size": self.codebook_size, "end_token": self.end_token,
+                "pad_token": self.pad_token, "code_dtype": self.code_dtype,
+                "samples": self.samples, "lengths": dict(self.lengths),
+                "checksums": dict(self.checksums), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, raw, where: str) -> "Record":
+        """Validate a stored record; one clear error naming `where` if it is not usable."""
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+            raise NotAStoreError(f"{where} is not a tokstore store (no tokstore commit record)")
+        version = raw.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise StoreCorruptError(f"{where}: damaged attributes: format_version is {version!r}")
+        if version > FORMAT_VERSION:
+            raise StoreVersionError(f"{where} has format version {version}; this tokstore reads "
+                                    f"up to version {FORMAT_VERSION}: upgrade tokstore")
+        try:
+            return cls._parse(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreCorruptError(f"{where}: damaged attributes: {exc}") from None
+
+    @classmethod
+    def _parse(cls, raw: dict) -> "Record":
+        def integer(value, what, low=0):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{what} is {value!r}")
+            return value
+
+        size = integer(raw["codebook_size"], "codebook_size", 1)
+        if raw["end_token"] != size or raw["pad_token"] != size + 1:
+            raise ValueError(f"end/pad tokens {raw['end_token']!r}/{raw['pad_token']!r} do not "
+                             f"follow codebook_size {size}")
+        code_dtype = raw["code_dtype"]
+        if code_dtype not in CODE_DTYPES or np.iinfo(code_dtype).max < size - 1:
+            raise ValueError(f"code_dtype is {code_dtype!r}")
+        samples = integer(raw["samples"], "samples")
+        lengths = {name: integer(raw["lengths"][name], f"length of {name}") for name in ARRAYS}
+        checksums = {name: integer(raw["checksums"][name], f"checksum of {name}")
+                     for name in (*ARRAYS, "counts")}
+        expected = {"offsets": samples + 1, "name_offsets": samples + 1,
+                    "sample_lines": samples + 1, "name_hashes": samples}
+        for name, want in expected.items():
+            if lengths[name] != want:
+                raise ValueError(f"{name} has {lengths[name]} entries for {samples} samples")
+        if lengths["line_offsets"] < 1:
+            raise ValueError("line_offsets is empty")
+        meta = raw["meta"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is {type(meta).__name__}, not a dict")
+        return cls(size, code_dtype, samples, lengths, checksums, meta,
+                   str(raw.get("tokstore_version", "")))

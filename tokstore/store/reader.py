@@ -1,0 +1,178 @@
+"""Reading one commit: random access in microseconds, and the queries behind `select`.
+
+Only the code offsets are loaded at open (8 bytes a sample); everything else -- name and caption
+offsets, the decoded name list, the name index, counts -- is loaded the first time it is asked
+for, so that opening a 2M-sample store costs milliseconds and little memory.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import numpy as np
+
+from .errors import NameNotFoundError, StoreCorruptError
+from .format import Record, crc32, name_hashes
+
+TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
+
+
+class StoreReader:
+    def __init__(self, container, record: Record, dtypes: dict):
+        self.record, self.n = record, record.samples
+        self._container, self._dtypes = container, dtypes
+        self._arrays: dict = {}
+        self._loaded: dict = {}
+        self.offsets = self.loaded("offsets")
+        if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
+            raise StoreCorruptError(f"{container.path}: offsets do not span the {record.lengths['codes']} "
+                                    f"committed codes")
+        self._codes = self.array("codes")
+        self.stale_counts = False  # set when the stored counts array lags the commit record
+
+    def array(self, name: str):
+        if name not in self._arrays:
+            length = self.record.codebook_size + 2 if name == "counts" else self.record.lengths[name]
+            self._arrays[name] = self._container.array(name, self._dtypes[name], length)
+        return self._arrays[name]
+
+    def loaded(self, name: str) -> np.ndarray:
+        """A whole committed array in memory, read-only (offsets, hashes)."""
+        if name not in self._loaded:
+            values = self.array(name).read_all()
+            values.flags.writeable = False
+            self._loaded[name] = values
+        return self._loaded[name]
+
+    # ---- one sample ----------------------------------------------------------------------
+    def codes(self, i: int) -> np.ndarray:
+        offsets = self.offsets
+        return self._codes.read(offsets.item(i), offsets.item(i + 1))
+
+    def name(self, i: int) -> str:
+        bounds = self.loaded("name_offsets")
+        raw = self.array("names").read(bounds.item(i), bounds.item(i + 1))
+        try:
+            return raw.tobytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StoreCorruptError(f"names: sample {i} is not valid UTF-8: {exc}") from None
+
+    def texts(self, i: int) -> list[str]:
+        first, last = self.loaded("sample_lines")[i:i + 2].tolist()
+        if first == last:
+            return []
+        bounds = self.loaded("line_offsets")[first:last + 1].tolist()
+        raw = self.array("text").read(bounds[0], bounds[-1]).tobytes()
+        base = bounds[0]
+        try:
+            return [raw[a - base:b - base].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
+        except UnicodeDecodeError as exc:
+            raise StoreCorruptError(f"text: captions of sample {i} are not valid UTF-8: {exc}") from None
+
+    # ---- whole-store views ---------------------------------------------------------------
+    @property
+    def lengths(self) -> np.ndarray:
+        if "lengths" not in self._loaded:
+            lengths = np.diff(self.offsets)
+            lengths.flags.writeable = False
+            self._loaded["lengths"] = lengths
+        return self._loaded["lengths"]
+
+    @property
+    def names(self) -> list[str]:
+        if "name_list" not in self._loaded:
+            raw = self.array("names").read_all().tobytes()
+            bounds = self.loaded("name_offsets").tolist()
+            try:  # ASCII names (the usual case): decode once, slice the str
+                whole = raw.decode("ascii") if raw.isascii() else raw
+                names = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
+                if whole is raw:
+                    names = [name.decode("utf-8") for name in names]
+            except UnicodeDecodeError as exc:
+                raise StoreCorruptError(f"names: not valid UTF-8: {exc}") from None
+            self._loaded["name_list"] = names
+        return self._loaded["name_list"]
+
+    def name_hashes(self) -> np.ndarray:
+        return self.loaded("name_hashes")
+
+    def index_of(self, name: str) -> int:
+        if "name_index" not in self._loaded:
+            hashes = self.name_hashes()
+            order = np.argsort(hashes, kind="stable")
+            self._loaded["name_index"] = (hashes[order], order)
+        sorted_hashes, order = self._loaded["name_index"]
+        if isinstance(name, str):
+            try:
+                target = name_hashes([name.encode("utf-8")])[0]
+            except UnicodeEncodeError:
+                target = None
+            if target is not None:
+                first = np.searchsorted(sorted_hashes, target, side="left")
+                last = np.searchsorted(sorted_hashes, target, side="right")
+                for position in range(first, last):
+                    if self.name(int(order[position])) == name:
+                        return int(order[position])
+        raise NameNotFoundError(f"no sample named {name!r} in {self._container.path}")
+
+    @property
+    def counts(self) -> np.ndarray:
+        if "counts" not in self._loaded:
+            counts = self.array("counts").read_all()
+            if crc32(counts) != self.record.checksums["counts"]:
+                counts, self.stale_counts = self.compute_counts(), True
+            counts.flags.writeable = False
+            self._loaded["counts"] = counts
+        return self._loaded["counts"]
+
+    def compute_counts(self) -> np.ndarray:
+        """Counts from the committed codes: codes, one end token per sample, pad 0."""
+        size = self.record.codebook_size
+        counts = np.zeros(size + 2, np.int64)
+        for _, block in self._codes.blocks():
+            if block.size and (block.min() < 0 or block.max() >= size):
+                raise StoreCorruptError(f"codes: values outside the codebook [0, {size})")
+            counts[:size] += np.bincount(block, minlength=size)
+        counts[size] = self.n
+        return counts
+
+    # ---- queries -------------------------------------------------------------------------
+    def select(self, min_len=None, max_len=None, name_glob=None, text_contains=None) -> np.ndarray:
+        keep = np.ones(self.n, dtype=bool)
+        if min_len is not None:
+            keep &= self.lengths >= min_len
+        if max_len is not None:
+            keep &= self.lengths <= max_len
+        if text_contains is not None:
+            keep &= self._samples_with_text(text_contains)
+        if name_glob is not None:
+            match = re.compile(fnmatch.translate(name_glob)).match
+            names = self.names
+            candidates = np.flatnonzero(keep)
+            keep[candidates] = [match(names[i]) is not None for i in candidates]
+        return np.flatnonzero(keep).astype(np.int64)
+
+    def _samples_with_text(self, needle: str) -> np.ndarray:
+        """Which samples have a caption line containing `needle` (ASCII case-insensitive)."""
+        hits = np.zeros(self.n, dtype=bool)
+        wanted = needle.encode("utf-8")
+        line_offsets, sample_lines = self.loaded("line_offsets"), self.loaded("sample_lines")
+        if not wanted:
+            hits[:] = True
+            return hits
+        starts_at = re.compile(b"(?=" + re.escape(wanted) + b")", re.IGNORECASE)  # overlapping
+        text, lines = self.array("text"), len(line_offsets) - 1
+        first = 0
+        while first < lines:  # windows of whole lines, so that no match is cut in two
+            last = int(np.searchsorted(line_offsets, line_offsets[first] + TEXT_WINDOW, "right")) - 1
+            last = min(max(last, first + 1), lines)
+            base = int(line_offsets[first])
+            window = text.read(base, int(line_offsets[last])).tobytes()
+            starts = np.fromiter((m.start() for m in starts_at.finditer(window)), np.int64) + base
+            if starts.size:
+                line = np.searchsorted(line_offsets, starts, side="right") - 1
+                inside = starts + len(wanted) <= line_offsets[line + 1]
+                samples = np.searchsorted(sample_lines, line[inside], side="right") - 1
+                hits[samples] = True
+            first = last
+        return hits

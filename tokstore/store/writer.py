@@ -1,0 +1,186 @@
+"""Appending samples: validate a whole batch first, buffer it, write it past the commit point,
+then commit by writing the counts and one atomic commit record.
+
+A failed `append` changes nothing. Buffered samples go to the container in large pieces (a small
+append would otherwise rewrite the last chunk of every array), at the latest at `commit`.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .errors import CodeRangeError, DuplicateNameError, SampleError
+from .format import ARRAYS, Record, crc32, name_hashes
+
+FLUSH_BYTES = 64 << 20  # write buffered samples once they hold this much
+
+
+class StoreWriter:
+    def __init__(self, container, record: Record, dtypes: dict, counts: np.ndarray, reader_factory):
+        self.container, self.record, self.dtypes = container, record, dtypes
+        self.counts = counts.copy()
+        self.meta = dict(record.meta)
+        self._reader_factory = reader_factory  # committed names, for duplicate confirmation
+        self._written = dict(record.lengths)   # what the container holds (>= committed)
+        self._crc = {name: record.checksums[name] for name in ARRAYS}
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        self._pending_bytes = 0
+        self._pending_names: list[str] = []
+        self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
+                      "text": record.lengths["text"], "lines": record.lengths["line_offsets"] - 1}
+        self._hash_index = None  # (sorted name hashes, sample index of each), built on first use
+        self.dirty = False
+
+    @property
+    def samples(self) -> int:
+        """Committed plus buffered samples."""
+        return self.record.samples + len(self._pending_names)
+
+    # ---- append --------------------------------------------------------------------------
+    def append(self, names, codes_list, texts_list):
+        names, codes_list, texts_list = list(names), list(codes_list), list(texts_list)
+        if not len(names) == len(codes_list) == len(texts_list):
+            raise SampleError(f"append needs one codes array and one list of caption lines per "
+                              f"name: got {len(names)} names, {len(codes_list)} codes, "
+                              f"{len(texts_list)} texts")
+        if not names:
+            return
+        encoded = self._encode_names(names)
+        hashes = name_hashes(encoded)
+        self._check_new_names(names, hashes)
+        codes, code_lengths = self._check_codes(names, codes_list)
+        lines, line_counts = self._encode_texts(names, texts_list)
+
+        # Everything is valid: buffer it.
+        n, first = len(names), self.samples
+        ends = self._ends
+        line_lengths = np.fromiter((len(line) for line in lines), np.int64, len(lines))
+        staged = {
+            "codes": codes,
+            "offsets": ends["codes"] + np.cumsum(code_lengths),
+            "names": np.frombuffer(b"".join(encoded), np.uint8),
+            "name_offsets": ends["names"] + np.cumsum([len(e) for e in encoded], dtype=np.int64),
+            "name_hashes": hashes,
+            "text": np.frombuffer(b"".join(lines), np.uint8),
+            "line_offsets": ends["text"] + np.cumsum(line_lengths),
+            "sample_lines": ends["lines"] + np.cumsum(line_counts),
+        }
+        for name, values in staged.items():
+            values = values.astype(self.dtypes[name], copy=False)
+            self._pending[name].append(values)
+            self._pending_bytes += values.nbytes
+        ends["codes"] += len(codes)
+        ends["names"] += len(staged["names"])
+        ends["text"] += len(staged["text"])
+        ends["lines"] += len(lines)
+        self.counts[:self.record.codebook_size] += np.bincount(codes, minlength=self.record.codebook_size)
+        self.counts[self.record.end_token] += n
+        self._add_to_hash_index(hashes, first)
+        self._pending_names.extend(names)
+        self.dirty = True
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def _encode_names(self, names) -> list[bytes]:
+        encoded = []
+        for name in names:
+            if not isinstance(name, str) or not name or "\n" in name or "\r" in name:
+                raise SampleError(f"a sample name must be a non-empty one-line str, not {name!r}")
+            try:
+                encoded.append(name.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise SampleError(f"sample name {name!r} is not valid Unicode: {exc}") from None
+        if len(set(names)) != len(names):
+            seen = set()
+            duplicate = next(name for name in names if name in seen or seen.add(name))
+            raise DuplicateNameError(f"sample name {duplicate!r} occurs twice in one append")
+        return encoded
+
+    def _check_new_names(self, names, hashes):
+        sorted_hashes, owners = self._index()
+        first = np.searchsorted(sorted_hashes, hashes, side="left")
+        last = np.searchsorted(sorted_hashes, hashes, side="right")
+        for j in np.flatnonzero(last > first):  # equal hash: almost surely the same name
+            for position in range(first[j], last[j]):
+                owner = int(owners[position])
+                if self._name_at(owner) == names[j]:
+                    raise DuplicateNameError(f"sample name {names[j]!r} is already in the store "
+                                             f"(sample {owner})")
+
+    def _name_at(self, index: int) -> str:
+        if index >= self.record.samples:
+            return self._pending_names[index - self.record.samples]
+        return self._reader_factory().name(index)
+
+    def _index(self):
+        if self._hash_index is None:
+            hashes = self._reader_factory().name_hashes()
+            order = np.argsort(hashes, kind="stable")
+            self._hash_index = (hashes[order], order.astype(np.int64))
+        return self._hash_index
+
+    def _add_to_hash_index(self, hashes, first):
+        sorted_hashes, owners = self._index()
+        order = np.argsort(hashes, kind="stable")
+        merged = np.concatenate([sorted_hashes, hashes[order]])
+        merged_owners = np.concatenate([owners, first + order])
+        by_hash = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
+        self._hash_index = (merged[by_hash], merged_owners[by_hash])
+
+    def _check_codes(self, names, codes_list):
+        arrays, lengths = [], np.empty(len(names), np.int64)
+        for i, (name, codes) in enumerate(zip(names, codes_list)):
+            array = np.asarray(codes)
+            if array.ndim == 2 and array.shape[0] == 1:  # the legacy (1, T') layout
+                array = array[0]
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise SampleError(f"sample {name!r}: codes must be a 1-D integer array (or shape "
+                                  f"(1, T')), not {array.dtype} of shape {array.shape}")
+            arrays.append(array)
+            lengths[i] = len(array)
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        size = self.record.codebook_size
+        if flat.size and (flat.min() < 0 or flat.max() >= size):
+            for name, array in zip(names, arrays):
+                bad = array[(array < 0) | (array >= size)]
+                if bad.size:
+                    raise CodeRangeError(f"sample {name!r}: code {int(bad[0])} is outside the "
+                                         f"codebook [0, {size})")
+        return flat.astype(self.dtypes["codes"]), lengths
+
+    @staticmethod
+    def _encode_texts(names, texts_list):
+        lines, counts = [], np.empty(len(names), np.int64)
+        for i, (name, texts) in enumerate(zip(names, texts_list)):
+            if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+                raise SampleError(f"sample {name!r}: texts must be a list of str lines "
+                                  f"(as readlines() returns them), not {texts!r:.80}")
+            try:
+                lines.extend(t.encode("utf-8") for t in texts)
+            except UnicodeEncodeError as exc:
+                raise SampleError(f"sample {name!r}: caption is not valid Unicode: {exc}") from None
+            counts[i] = len(texts)
+        return lines, counts
+
+    # ---- write and commit ----------------------------------------------------------------
+    def flush(self):
+        """Write buffered samples past the commit point (still invisible to readers)."""
+        for name in ARRAYS:
+            if self._pending[name]:
+                values = np.concatenate(self._pending[name])
+                self.container.write(name, self._written[name], values)
+                self._crc[name] = crc32(values, self._crc[name])
+                self._written[name] += len(values)
+                self._pending[name] = []
+        self._pending_bytes = 0
+
+    def commit(self) -> Record:
+        self.flush()
+        self.container.write_counts(self.counts)
+        checksums = dict(self._crc, counts=crc32(self.counts))
+        record = replace(self.record, samples=self.samples, lengths=dict(self._written),
+                         checksums=checksums, meta=dict(self.meta))
+        self.container.write_record(record)  # the commit point
+        self.record, self._pending_names, self.dirty = record, [], False
+        return record
