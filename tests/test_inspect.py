@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli import app
 from conftest import GOLDEN, golden_info
 from tokstore import TokenStore
-from tokstore.sources import CROP_POLICY, SourceLayout, load_stats, read_captions, stats_sha256
+from tokstore.sources import SourceLayout, load_stats, read_captions
 from vqvae import VQVAEConfig, denormalize, file_sha256
 
 runner = CliRunner()
@@ -33,26 +33,28 @@ def expected_codes(name: str) -> dict[str, np.ndarray]:
     return {n: np.load(GOLDEN / name / "expected" / "codes" / f"{n}.npy") for n in info["names"]}
 
 
-def build_store(golden_set: str, path, backend: str, tamper_first_code: bool = False):
-    """A store holding what `tokstore build` records for a golden set: the original's codes,
-    the captions, and the provenance meta (config, hashes, stats, source paths)."""
-    info = golden_info(golden_set)
-    layout = SourceLayout.motionmillion(GOLDEN / golden_set / "dataset")
-    config = VQVAEConfig.from_dict(info["config"])
-    mean, std = load_stats(layout.mean_file, layout.std_file, config.input_dim)
-    meta = {"legacy_code_dtype": info["code_dtype"], "model_config": config.to_dict(),
-            "checkpoint_sha256": file_sha256(GOLDEN / golden_set / "checkpoint.pth"),
-            "stats_sha256": stats_sha256(layout.mean_file, layout.std_file),
-            "crop_policy": CROP_POLICY, "precision": "fp32", "device": "cpu",
-            "source_paths": layout.to_dict(), "skipped": [], "mean": mean.tolist(), "std": std.tolist()}
-    codes = [c[0] for c in expected_codes(golden_set).values()]
-    if tamper_first_code:
-        codes[0] = codes[0].copy()
-        codes[0][0] = (codes[0][0] + 1) % config.codebook_size
-    with TokenStore.create(path, config.codebook_size, backend=backend, meta=meta) as store:
-        store.append(info["names"], codes, [read_captions(layout.text_path(n)) for n in info["names"]])
-        store.commit()
+def build_store(golden_set: str, path, backend: str):
+    """`tokstore build` of a golden set, as a user runs it."""
+    flags = VQVAEConfig.from_dict(golden_info(golden_set)["config"]).to_flags()
+    cli("build", "--root", GOLDEN / golden_set / "dataset", "--checkpoint",
+        GOLDEN / golden_set / "checkpoint.pth", "--store", path, "--backend", backend,
+        "--workers", 0, "--device", "cpu", *flags)
     return path
+
+
+def repack(source, target, meta_update=None, edit_codes=None):
+    """A copy of a store with meta keys replaced and/or codes edited, written through the store API
+    so that it is self-consistent (checksums and counts agree with what it holds)."""
+    with TokenStore.open(source) as old:
+        meta = {**old.meta, **(meta_update or {})}
+        samples = [(s.name, s.codes.copy(), s.texts) for s in old]
+        size = old.codebook_size
+    if edit_codes:
+        edit_codes(samples)
+    with TokenStore.create(target, size, meta=meta) as new:
+        new.append(*zip(*samples))
+        new.commit()
+    return target
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def copy_store(path, tmp_path):
     return target
 
 
-SETS_AND_BACKENDS = [("ema512", "zarr"), ("fsq64000", "zarr"), ("fsq64000", "hdf5")]
+SETS_AND_BACKENDS = [("ema512", "zarr"), ("fsq64000", "zarr"), ("ema512", "hdf5")]
 
 
 # ---- info / show / ls ------------------------------------------------------------------------
@@ -104,10 +106,16 @@ def test_info_reports_counts_and_provenance(stores, golden_set, backend):
 
 
 def test_info_lists_skipped_entries(tmp_path):
-    path = build_store("ema512", tmp_path / "store", "zarr")
-    with TokenStore.open(path, mode="a") as store:
-        store.update_meta({"skipped": [{"name": "humanml/broken", "reason": "missing motion file"}]})
-    assert "skipped:      1\n  humanml/broken: missing motion file" in cli("info", path).output
+    dataset = tmp_path / "dataset"
+    shutil.copytree(GOLDEN / "ema512" / "dataset", dataset)
+    lost = golden_info("ema512")["names"][2]
+    (dataset / "motion_data" / "vector_272" / f"{lost}.npy").unlink()
+    cli("build", "--root", dataset, "--checkpoint", GOLDEN / "ema512" / "checkpoint.pth",
+        "--store", tmp_path / "store", "--workers", 0, "--device", "cpu", "--on-error", "skip",
+        *VQVAEConfig.from_dict(golden_info("ema512")["config"]).to_flags())
+    found = json.loads(cli("info", tmp_path / "store", "--json").output)
+    assert found["samples"] == 7 and [s["name"] for s in found["skipped"]] == [lost]
+    assert f"skipped:      1\n  {lost}: " in cli("info", tmp_path / "store").output
 
 
 @pytest.mark.parametrize("golden_set,backend", SETS_AND_BACKENDS)
@@ -221,7 +229,7 @@ def test_verify_names_a_flipped_code_byte_zarr(stores, tmp_path):
 def test_verify_names_a_flipped_code_byte_hdf5(stores, tmp_path):
     import h5py
 
-    path = copy_store(stores("fsq64000", "hdf5"), tmp_path)
+    path = copy_store(stores("ema512", "hdf5"), tmp_path)
     with h5py.File(path, "r") as f:
         offset = f["codes"].id.get_chunk_info_by_coord((0,)).byte_offset
     flip_byte(path, offset + 10)
@@ -272,9 +280,12 @@ def test_verify_reencoding_catches_another_checkpoint(stores, tmp_path):
     assert "FAIL re-encoding: token agreement" in out and "verify: FAILED (1 problems)" in out
 
 
-def test_verify_reencoding_catches_tampered_codes(tmp_path):
+def test_verify_reencoding_catches_tampered_codes(stores, tmp_path):
     """A consistent store (checksums and counts match) whose first sample's first code was changed."""
-    path = build_store("ema512", tmp_path / "store", "zarr", tamper_first_code=True)
+    def change_first_code(samples):
+        samples[0][1][0] = (samples[0][1][0] + 1) % 512
+
+    path = repack(stores(), tmp_path / "store", edit_codes=change_first_code)
     assert cli("verify", path).output.strip() == "verify: OK"  # the store alone cannot tell
     out = cli("verify", path, "--checkpoint", GOLDEN / "ema512" / "checkpoint.pth", "--reencode", 8,
               ok=False).output
@@ -291,7 +302,7 @@ def test_verify_needs_a_store_and_a_checkpoint_for_reencode(tmp_path, stores):
 
 # ---- decode ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("golden_set,backend", [("ema512", "zarr"), ("fsq64000", "hdf5")])
+@pytest.mark.parametrize("golden_set,backend", [("ema512", "hdf5"), ("fsq64000", "zarr")])
 def test_decode_matches_the_golden_decoding(stores, golden_set, backend, tmp_path):
     info = golden_info(golden_set)
     out = tmp_path / "motion.npy"
@@ -306,23 +317,36 @@ def test_decode_matches_the_golden_decoding(stores, golden_set, backend, tmp_pat
     assert np.all(np.abs(motion - denormalize(golden, mean, std)) <= 1e-5 * std + 1e-6 * np.abs(mean))
 
 
-def test_decode_falls_back_to_the_recorded_stats_files_and_takes_overrides(tmp_path):
-    path = build_store("ema512", tmp_path / "store", "zarr")
-    with TokenStore.open(path, mode="a") as store:  # a store recording only the files
-        store.update_meta({"mean": None, "std": None})
+def test_decode_prefers_recorded_stats_and_takes_overrides(stores, tmp_path):
     name = golden_info("ema512")["names"][0]
     ckpt = GOLDEN / "ema512" / "checkpoint.pth"
-    cli("decode", path, name, tmp_path / "a.npy", "--checkpoint", ckpt)
+    cli("decode", stores(), name, tmp_path / "from_files.npy", "--checkpoint", ckpt)
+
+    # mean/std recorded in meta are used, the source files are not needed
     layout = SourceLayout.motionmillion(GOLDEN / "ema512" / "dataset")
+    mean, std = load_stats(layout.mean_file, layout.std_file, 272)
+    gone = {k: str(tmp_path / "gone" / k) for k in ("motion_dir", "text_dir", "split_file", "mean_file", "std_file")}
+    path = repack(stores(), tmp_path / "store", {"mean": mean.tolist(), "std": std.tolist(), "source_paths": gone})
+    cli("decode", path, name, tmp_path / "from_meta.npy", "--checkpoint", ckpt)
+    np.testing.assert_array_equal(np.load(tmp_path / "from_meta.npy"), np.load(tmp_path / "from_files.npy"))
+
     zeros, ones = tmp_path / "zeros.npy", tmp_path / "ones.npy"
     np.save(zeros, np.zeros(272))
     np.save(ones, np.ones(272))
-    cli("decode", path, name, tmp_path / "b.npy", "--checkpoint", ckpt, "--mean", zeros, "--std", ones)
-    mean, std = load_stats(layout.mean_file, layout.std_file, 272)
-    normalized = np.load(tmp_path / "b.npy")
-    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), denormalize(normalized, mean, std), rtol=1e-6)
+    cli("decode", path, name, tmp_path / "normalized.npy", "--checkpoint", ckpt, "--mean", zeros, "--std", ones)
+    normalized = np.load(tmp_path / "normalized.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "from_meta.npy"), denormalize(normalized, mean, std), rtol=1e-6)
     assert "give --mean and --std together" in cli("decode", path, name, tmp_path / "c.npy",
                                                    "--checkpoint", ckpt, "--mean", zeros, ok=False).output
+
+
+def test_reencode_without_the_source_motions_is_a_named_failure(stores, tmp_path):
+    gone = {k: str(tmp_path / "gone" / k) for k in ("motion_dir", "text_dir", "split_file", "mean_file", "std_file")}
+    layout = SourceLayout.motionmillion(GOLDEN / "ema512" / "dataset")
+    mean, std = load_stats(layout.mean_file, layout.std_file, 272)
+    path = repack(stores(), tmp_path / "store", {"mean": mean.tolist(), "std": std.tolist(), "source_paths": gone})
+    out = cli("verify", path, "--checkpoint", GOLDEN / "ema512" / "checkpoint.pth", ok=False).output
+    assert "FAIL re-encoding: cannot re-encode" in out and "gone/motion_dir" in out
 
 
 def test_decode_unknown_name_is_a_clear_error(stores, tmp_path):

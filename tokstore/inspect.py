@@ -5,10 +5,12 @@ CLI only formats and tests assert on numbers rather than on text.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import tokstore
 from tokstore.errors import TokstoreError
@@ -251,7 +253,7 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
     precision = precision or meta.get("precision") or "fp32"
     picks = np.random.default_rng(seed).choice(len(store), size=min(k, len(store)), replace=False)
     unit = model.unit_length
-    for i in sorted(picks.tolist()):
+    for i in tqdm(sorted(picks.tolist()), desc="re-encode", unit="motion", file=sys.stderr):
         sample = store[i]
         path = Path(motion_dir) / f"{sample.name}.npy"
         try:
