@@ -82,5 +82,216 @@ def import_legacy(
     typer.echo(f"wrote {store}")
 
 
+# ---- build, demo (tokstore/build.py, tokstore/demo.py) ------------------------------------------
+from pathlib import Path  # noqa: E402  (kept in this block so that verbs merge independently)
+
+MODEL_FLAGS_HELP = ("Model: --preset motionmillion|t2m-gpt, or the original get-codes flags pasted "
+                    "as they are (--nb-code --code-dim --output-emb-width --down-t --stride-t "
+                    "--width --depth --dilation-growth-rate --vq-act --vq-norm --kernel-size "
+                    "--quantizer --use_patcher --patch_size --patch_method, and --input-dim), or "
+                    "a preset with some of those flags replaced.")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             help="Encode a motion dataset into a token store: resumable, provenance-checked, "
+                  "torchrun-aware. " + MODEL_FLAGS_HELP)
+def build(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Original checkpoint ({'net': ...})."),
+    store: str = typer.Option(..., "--store", help="Output store: a directory (zarr) or a .h5 file."),
+    preset: str | None = typer.Option(None, "--preset", help="motionmillion | t2m-gpt."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset root (MotionMillion layout)."),
+    dataname: str | None = typer.Option(None, "--dataname", help="t2m | kit: HumanML3D/KIT layout."),
+    motion_type: str = typer.Option("vector_272", "--motion-type"),
+    text_type: str = typer.Option("texts", "--text-type"),
+    version: str = typer.Option("version1/t2m_60_300", "--version", help="Split folder."),
+    split: Path | None = typer.Option(None, "--split", help="Split file (overrides the layout's)."),
+    mean: Path | None = typer.Option(None, "--mean", help="mean.npy (overrides the layout's)."),
+    std: Path | None = typer.Option(None, "--std", help="std.npy (overrides the layout's)."),
+    motion_dir: Path | None = typer.Option(None, "--motion-dir"),
+    text_dir: Path | None = typer.Option(None, "--text-dir"),
+    backend: str | None = typer.Option(None, "--backend", help="zarr | hdf5 (default: by suffix)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) | tf32 | bf16."),
+    workers: int = typer.Option(2, "--workers", help="Loader processes (0: load in this one)."),
+    batch_frames: int = typer.Option(32768, "--batch-frames", help="Frames per encoder batch."),
+    window: int = typer.Option(4096, "--window", help="Split entries batched together."),
+    commit_every: int = typer.Option(50000, "--commit-every", help="Motions between commits."),
+    on_error: str = typer.Option("fail", "--on-error", help="fail | skip (and record) bad entries."),
+):
+    from tokstore.build import BuildOptions, build as run_build, model_config
+    from tokstore.sources import SourceLayout
+
+    with user_errors():
+        layout = SourceLayout.resolve(root, dataname, motion_type, text_type, version, split, mean,
+                                      std, motion_dir, text_dir)
+        config = model_config(preset, ctx.args, layout.input_dim)
+        summary = run_build(BuildOptions(
+            layout, checkpoint, config, store, backend=backend, device=device, precision=precision,
+            workers=workers, batch_frames=batch_frames, window=window, commit_every=commit_every,
+            on_error=on_error))
+    _echo_summary(summary)
+
+
+def _echo_summary(summary) -> None:
+    if summary.rank:
+        return  # under torchrun rank 0 speaks for all
+    s = summary
+    if s.already_complete:
+        typer.echo(f"{s.store} is already complete: {s.samples} samples, {s.tokens} tokens")
+    else:
+        rate = s.frames / s.seconds if s.seconds else 0.0
+        resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
+        typer.echo(f"built {s.store}: {s.samples} samples, {s.tokens} tokens; this run encoded "
+                   f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
+                   f"({rate:,.0f} frames/s)")
+    if s.skipped:
+        typer.echo(f"skipped {len(s.skipped)}:")
+        for skip in s.skipped:
+            typer.echo(f"  {skip['name']}: {skip['path']}: {skip['reason']}")
+
+
+@app.command(help="Make a small synthetic dataset and a random-weight model of the production "
+                  "shape, build their store, and describe it.")
+def demo(directory: Path | None = typer.Option(
+        None, "--dir", help="Where to put the files (default: a new temporary directory).")):
+    import tempfile
+
+    from tokstore import TokenStore
+    from tokstore.build import BuildOptions, build as run_build
+    from tokstore.demo import describe, make_demo
+
+    with user_errors():
+        directory = directory or Path(tempfile.mkdtemp(prefix="tokstore-demo-"))
+        made = make_demo(directory)
+        typer.echo(f"demo dataset and random-weight checkpoint in {directory}; running:\n"
+                   f"  {made.command()}")
+        summary = run_build(BuildOptions(made.layout, made.checkpoint, made.config, str(made.store)))
+        _echo_summary(summary)
+        with TokenStore.open(made.store) as store:
+            typer.echo(describe(store))
+
+
+# ---- inspect: info / show / ls / stats / verify / decode (tokstore/inspect.py) -----------------
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+DeviceOption = Annotated[str, typer.Option(help="Torch device for the model: cpu, cuda, cuda:1.")]
+MeanOption = Annotated[Optional[Path], typer.Option(
+    "--mean", help="mean.npy to de-normalize with, instead of the statistics the store recorded.")]
+StdOption = Annotated[Optional[Path], typer.Option("--std", help="std.npy; give with --mean.")]
+
+
+def _print_json(data) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def info(store: str, json: JsonFlag = False):
+    """Counts, codebook, model config and provenance of a store."""
+    from tokstore import TokenStore, inspect
+
+    with user_errors(), TokenStore.open(store) as opened:
+        found = inspect.store_info(opened)
+        _print_json(found) if json else typer.echo(inspect.render_info(found))
+
+
+@app.command()
+def show(store: str, name: str, json: JsonFlag = False):
+    """Codes and caption lines of one sample."""
+    from tokstore import TokenStore, inspect
+
+    with user_errors(), TokenStore.open(store) as opened:
+        sample = inspect.show_sample(opened, name)
+        _print_json(sample) if json else typer.echo(inspect.render_show(sample))
+
+
+@app.command("ls")
+def list_store(
+    store: str,
+    min_len: Annotated[Optional[int], typer.Option(help="Only samples with at least N codes.")] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="Only samples with at most N codes.")] = None,
+    grep: Annotated[Optional[str], typer.Option(help="Only samples with a caption line containing TEXT.")] = None,
+    name_glob: Annotated[Optional[str], typer.Option(help="Only names matching a shell pattern.")] = None,
+    json: JsonFlag = False,
+):
+    """Names, code counts and first caption lines (tab-separated), filtered."""
+    from tokstore import TokenStore, inspect
+
+    with user_errors(), TokenStore.open(store) as opened:
+        rows = inspect.list_samples(opened, min_len, max_len, grep, name_glob)
+        _print_json(rows) if json else typer.echo(inspect.render_ls(rows))
+
+
+@app.command()
+def stats(
+    store: str,
+    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG figure of the statistics.")] = None,
+    top: Annotated[int, typer.Option(min=0, help="How many of the most used codes to list.")] = 10,
+    json: JsonFlag = False,
+):
+    """Codebook usage (active codes, perplexity, top codes) and the length distribution."""
+    from tokstore import TokenStore, inspect
+
+    with user_errors(), TokenStore.open(store) as opened:
+        found = inspect.code_stats(opened, top)
+        if plot is not None:
+            inspect.plot_stats(opened, plot)
+        _print_json(found) if json else typer.echo(inspect.render_stats(found))
+        if plot is not None and not json:
+            typer.echo(f"plot:         {plot}")
+
+
+@app.command()
+def verify(
+    store: str,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Also re-encode samples with this checkpoint.")] = None,
+    reencode: Annotated[Optional[int], typer.Option(min=1, help="How many random samples to re-encode (default 8).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | tf32 | bf16 (default: the build's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random choice of samples.")] = 0,
+    min_agreement: Annotated[float, typer.Option(help="Lowest token agreement that passes.")] = 1.0,
+    device: DeviceOption = "cpu",
+    mean: MeanOption = None,
+    std: StdOption = None,
+):
+    """Structure, per-array checksums and counts; with --checkpoint, re-encoding agreement.
+    Exits 1 on any failure, naming it."""
+    from tokstore import TokenStore, inspect
+
+    if reencode is not None and checkpoint is None:
+        typer.echo("error: --reencode needs --checkpoint", err=True)
+        raise typer.Exit(1)
+    with user_errors(), TokenStore.open(store) as opened:
+        report = inspect.verify_store(opened, checkpoint, reencode or 8, precision,
+                                      seed, device, mean, std, min_agreement)
+    typer.echo(inspect.render_verify(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def decode(
+    store: str,
+    name: str,
+    out: Path,
+    checkpoint: Annotated[Path, typer.Option(help="The checkpoint the store was built with.")],
+    device: DeviceOption = "cpu",
+    mean: MeanOption = None,
+    std: StdOption = None,
+):
+    """Decode one sample's codes to motion, de-normalized: OUT.npy holds (T, D) float32."""
+    import numpy as np
+
+    from tokstore import TokenStore, inspect
+
+    with user_errors(), TokenStore.open(store) as opened:
+        motion = inspect.decode_sample(opened, name, checkpoint, device, mean, std)
+        np.save(out, motion)
+    typer.echo(f"wrote {out}: {motion.shape[0]} frames x {motion.shape[1]} features, float32")
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -1,0 +1,96 @@
+"""Running one job across `torchrun` processes: who this process is, and the three exchanges a
+build needs (rank 0's decision sent to every rank, one object per rank to rank 0's side, one
+object from every rank to every rank).
+
+Only small Python objects travel (plans, codes, failures: codes are ~500x smaller than the
+motions they come from), so the process group is gloo even when the encoders run on CUDA: it
+moves host memory directly, where NCCL would copy every object to the GPU and back.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import TokstoreError
+
+# rank 0 preflights the whole split while the others wait: allow for millions of files
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+class PeerError(TokstoreError):
+    """Another rank failed; this one stops with the same message."""
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    _owns_group: bool = field(default=False, repr=False)
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        """The ranks torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (one process without)."""
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def __enter__(self) -> Ranks:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", timeout=TIMEOUT)
+                self._owns_group = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    def from_leader(self, make: Callable[[], tuple[Any, list]]) -> tuple[Any, Any]:
+        """Rank 0 runs `make()` -> (what it keeps, one share per rank); every rank gets its share.
+        If `make` raises, every other rank raises PeerError with the same message."""
+        kept, shares, failure = None, None, None
+        if self.leader:
+            try:
+                kept, shares = make()
+            except BaseException as exc:
+                failure = exc
+                shares = [_Failed(str(exc) or type(exc).__name__)] * self.world
+        if self.world == 1:
+            share = shares[0]
+        else:
+            import torch.distributed as dist
+
+            out = [None]
+            dist.scatter_object_list(out, shares, src=0)
+            share = out[0]
+        if failure is not None:
+            raise failure
+        if isinstance(share, _Failed):
+            raise PeerError(share.message)
+        return kept, share
+
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+@dataclass
+class _Failed:
+    message: str

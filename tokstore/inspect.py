@@ -1,0 +1,374 @@
+"""Looking inside a store and deciding whether to trust it: the logic behind info/show/ls/stats/verify/decode.
+
+Every function takes an open TokenStore and returns plain data (dicts, lists, arrays), so that the
+CLI only formats and tests assert on numbers rather than on text.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import tokstore
+from tokstore.errors import TokstoreError
+from tokstore.store import NameNotFoundError
+
+
+class InspectError(TokstoreError):
+    """The store cannot answer this request: unknown name, or provenance it does not record."""
+
+
+# ---------------------------------------------------------------------------------------------
+# what the build recorded
+
+
+def recorded_config(meta: dict):
+    """The VQVAEConfig the store was built with (meta `model_config`)."""
+    from vqvae import VQVAEConfig
+
+    if not meta.get("model_config"):
+        raise InspectError("the store records no model_config, so its VQ-VAE cannot be rebuilt")
+    return VQVAEConfig.from_dict(meta["model_config"])
+
+
+def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 mean/std the build normalized with: explicit files (both or neither), else the
+    values recorded in meta `mean`/`std`, else the files named in meta `source_paths`."""
+    from tokstore.sources import load_stats
+
+    input_dim = recorded_config(meta).input_dim
+    if (mean_file is None) != (std_file is None):
+        raise InspectError("give --mean and --std together")
+    if mean_file is not None:
+        return load_stats(mean_file, std_file, input_dim)
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        mean, std = (np.asarray(meta[key], dtype=np.float64) for key in ("mean", "std"))
+        if mean.shape != (input_dim,) or std.shape != (input_dim,) or (std <= 0).any():
+            raise InspectError(f"the recorded mean/std are not {input_dim} values with std > 0")
+        return mean, std
+    sources = meta.get("source_paths") or {}
+    if sources.get("mean_file") and sources.get("std_file"):
+        return load_stats(sources["mean_file"], sources["std_file"], input_dim)
+    raise InspectError("the store records no normalization statistics: pass --mean and --std")
+
+
+def load_recorded_model(meta: dict, checkpoint, device: str = "cpu"):
+    from vqvae import load_checkpoint
+
+    return load_checkpoint(checkpoint, recorded_config(meta), device=device)
+
+
+def index_of(store, name: str) -> int:
+    try:
+        return store.index_of(name)
+    except NameNotFoundError:
+        raise InspectError(f"no sample named {name!r} in {store.path}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# info / show / ls
+
+
+def size_on_disk(path) -> int | None:
+    """Bytes of a local store (a Zarr directory or one HDF5 file); None for a remote URL."""
+    path = Path(str(path))
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return None
+
+
+def store_info(store) -> dict:
+    """Counts, model config and provenance of a store, as one JSON-safe dict."""
+    from tokstore.store.format import FORMAT_VERSION
+
+    meta = store.meta
+    n_codes = int(store.lengths.sum())
+    unit = recorded_config(meta).unit_length if meta.get("model_config") else None
+    return {
+        "path": str(store.path),
+        "backend": store.backend,
+        # TokenStore has no accessor for these two: the format version is the only one the
+        # store package opens, the writer's version sits in the commit record
+        "format_version": FORMAT_VERSION,
+        "written_by": store._record.tokstore_version,
+        "read_by": tokstore.__version__,
+        "samples": len(store),
+        "codes": n_codes,
+        "tokens": n_codes + len(store),  # + one end token per sample: what counts and prob hold
+        "frames": n_codes * unit if unit else None,
+        "unit_length": unit,
+        "codebook_size": store.codebook_size,
+        "end_token": store.end_token,
+        "pad_token": store.pad_token,
+        "code_dtype": store.code_dtype.name,
+        **{key: meta.get(key) for key in ("legacy_code_dtype", "model_config", "checkpoint_sha256",
+                                          "stats_sha256", "crop_policy", "precision", "device",
+                                          "source_paths")},
+        "skipped": meta.get("skipped") or [],
+        "size_bytes": size_on_disk(store.path),
+    }
+
+
+def show_sample(store, name: str) -> dict:
+    """Codes and caption lines of one sample (caption lines without their line ends)."""
+    sample = store[index_of(store, name)]
+    return {"name": sample.name, "length": len(sample.codes), "codes": sample.codes.tolist(),
+            "texts": [line.rstrip("\r\n") for line in sample.texts]}
+
+
+def list_samples(store, min_len=None, max_len=None, grep=None, name_glob=None) -> list[dict]:
+    """Name, code count and first caption line (stripped) of each sample passing the filters."""
+    indices = store.select(min_len=min_len, max_len=max_len, name_glob=name_glob, text_contains=grep)
+    names, lengths = store.names, store.lengths
+    rows = []
+    for i in indices.tolist():
+        texts = store.texts(i)
+        rows.append({"name": names[i], "length": int(lengths[i]),
+                     "caption": texts[0].strip() if texts else ""})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# stats
+
+
+def perplexity(code_counts: np.ndarray) -> float:
+    """exp(entropy) of the code distribution: how many equally used codes it is worth."""
+    total = code_counts.sum()
+    if total == 0:
+        return 0.0
+    p = code_counts[code_counts > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def code_counts(store) -> np.ndarray:
+    """How often each real code occurs (end and pad tokens excluded)."""
+    return np.asarray(store.counts[:store.codebook_size], dtype=np.int64)
+
+
+def code_stats(store, top_k: int = 10) -> dict:
+    """Codebook usage and the length distribution of a store."""
+    counts = code_counts(store)
+    total, size = int(counts.sum()), store.codebook_size
+    active = int(np.count_nonzero(counts))
+    top = [{"code": int(c), "count": int(counts[c]), "share": float(counts[c] / total)}
+           for c in np.argsort(-counts, kind="stable")[:top_k] if counts[c] > 0]
+    lengths = store.lengths
+    quantiles = {}
+    if len(lengths):
+        p5, p25, p50, p75, p95 = np.percentile(lengths, [5, 25, 50, 75, 95]).tolist()
+        quantiles = {"min": int(lengths.min()), "mean": float(lengths.mean()), "p5": p5, "p25": p25,
+                     "p50": p50, "p75": p75, "p95": p95, "max": int(lengths.max())}
+    return {"samples": len(store), "codes": total, "codebook_size": size, "active_codes": active,
+            "active_share": active / size, "perplexity": perplexity(counts), "top_codes": top,
+            "lengths": quantiles}
+
+
+def fsq_digit_counts(counts: np.ndarray, levels) -> list[np.ndarray]:
+    """Per FSQ dimension, how often each of its L values is used. index = sum(digit * basis) with
+    basis = cumprod([1] + levels[:-1]); a dead dimension is invisible in the flat counts."""
+    basis = np.cumprod([1, *levels[:-1]])
+    index = np.arange(len(counts))
+    return [np.bincount((index // b) % L, weights=counts, minlength=L).astype(np.int64)
+            for b, L in zip(basis.tolist(), levels)]
+
+
+def plot_stats(store, out_png) -> None:
+    """Write the stats figure: rank-frequency, lengths, usage per FSQ dimension / codebook row."""
+    from tokstore.plots import plot_stats as draw
+
+    config = recorded_config(store.meta)
+    counts = code_counts(store)
+    per_dimension = fsq_digit_counts(counts, config.fsq_levels) if config.quantizer == "FSQ" else None
+    draw(out_png, counts, store.lengths, per_dimension)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+
+
+def decode_sample(store, name: str, checkpoint, device: str = "cpu", mean_file=None,
+                  std_file=None) -> np.ndarray:
+    """One sample's codes -> VQVAE.decode -> de-normalized motion, (T, D) float32 in the
+    original feature space."""
+    from vqvae import denormalize
+
+    codes = store.codes(index_of(store, name)).astype(np.int64)
+    mean, std = recorded_stats(store.meta, mean_file, std_file)
+    model = load_recorded_model(store.meta, checkpoint, device)
+    motion = model.decode(codes[None])[0].cpu().numpy()
+    return denormalize(motion, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------
+# verify
+
+
+@dataclass
+class Reencoding:
+    """Agreement between stored codes and a fresh encoding of the same source motions."""
+    samples: list[str] = field(default_factory=list)
+    exact: int = 0          # samples whose codes match exactly
+    tokens: int = 0         # positions compared (the longer of stored and fresh, per sample)
+    agreeing: int = 0       # positions where stored and fresh codes are equal
+    differing: list[str] = field(default_factory=list)
+    checkpoint_matches: bool | None = None  # vs meta checkpoint_sha256; None when not recorded
+
+    @property
+    def agreement(self) -> float:
+        return self.agreeing / self.tokens if self.tokens else 1.0
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str]
+    reencoding: Reencoding | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int = 0,
+             device: str = "cpu", mean_file=None, std_file=None) -> Reencoding:
+    """Encode K random samples again, one at a time, from their source motions, as the build did
+    (crop from frame 0 to whole units, float64 normalization); precision defaults to the build's."""
+    import torch
+    from vqvae import file_sha256, normalize
+
+    meta = store.meta
+    motion_dir = (meta.get("source_paths") or {}).get("motion_dir")
+    if not motion_dir:
+        raise InspectError("the store records no source motion_dir, so nothing can be re-encoded")
+    mean, std = recorded_stats(meta, mean_file, std_file)
+    model = load_recorded_model(meta, checkpoint, device)
+    result = Reencoding()
+    if meta.get("checkpoint_sha256"):
+        result.checkpoint_matches = file_sha256(checkpoint) == meta["checkpoint_sha256"]
+    precision = precision or meta.get("precision") or "fp32"
+    picks = np.random.default_rng(seed).choice(len(store), size=min(k, len(store)), replace=False)
+    unit = model.unit_length
+    for i in tqdm(sorted(picks.tolist()), desc="re-encode", unit="motion", file=sys.stderr):
+        sample = store[i]
+        path = Path(motion_dir) / f"{sample.name}.npy"
+        try:
+            motion = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InspectError(f"cannot re-encode {sample.name!r}: {path}: {exc}") from None
+        motion = motion[:len(motion) // unit * unit]
+        x = torch.from_numpy(normalize(motion, mean, std))[None].to(device)
+        fresh = model.encode(x, precision=precision)[0].cpu().numpy().astype(np.int64)
+        stored = sample.codes.astype(np.int64)
+        overlap = min(len(stored), len(fresh))
+        same = int((stored[:overlap] == fresh[:overlap]).sum())
+        result.samples.append(sample.name)
+        result.tokens += max(len(stored), len(fresh))
+        result.agreeing += same
+        if same == len(stored) == len(fresh):
+            result.exact += 1
+        else:
+            result.differing.append(sample.name)
+    return result
+
+
+def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | None = None,
+                 seed: int = 0, device: str = "cpu", mean_file=None, std_file=None,
+                 min_agreement: float = 1.0) -> VerifyReport:
+    """The store's own check (structure, ranges, names, counts, per-array checksums), the recorded
+    config against the store, then, with a checkpoint, re-encoding agreement."""
+    problems = list(store.check())
+    if store.meta.get("model_config"):
+        size = recorded_config(store.meta).codebook_size
+        if size != store.codebook_size:
+            problems.append(f"model_config: its codebook size {size} differs from the store's "
+                            f"{store.codebook_size}")
+    report = VerifyReport(problems)
+    if checkpoint is not None and reencode_k > 0:
+        from vqvae import VQVAEError
+
+        try:
+            report.reencoding = found = reencode(store, checkpoint, reencode_k, precision, seed,
+                                                 device, mean_file, std_file)
+        except (TokstoreError, VQVAEError) as exc:  # a checkpoint that does not fit, a lost source
+            problems.append(f"re-encoding: {exc}")
+            return report
+        if found.agreement < min_agreement:
+            problems.append(f"re-encoding: token agreement {found.agreement:.2%} is below "
+                            f"{min_agreement:.2%}; samples that differ: {', '.join(found.differing)}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# text the CLI prints (the --json forms print the dicts above as they are)
+
+
+def render_info(info: dict) -> str:
+    from vqvae import VQVAEConfig
+
+    unit = f" ({info['frames']} frames at {info['unit_length']} per code)" if info["unit_length"] else ""
+    model = " ".join(VQVAEConfig.from_dict(info["model_config"]).to_flags()) if info["model_config"] else "-"
+    sources = info["source_paths"] or {}
+    size = info["size_bytes"]
+    lines = [
+        f"store:        {info['path']} ({info['backend']}, format {info['format_version']}, "
+        f"written by tokstore {info['written_by'] or '?'})",
+        f"samples:      {info['samples']}",
+        f"codes:        {info['codes']}{unit}",
+        f"tokens:       {info['tokens']} (codes + one end token per sample)",
+        f"codebook:     {info['codebook_size']} codes, end token {info['end_token']}, pad token "
+        f"{info['pad_token']}; stored as {info['code_dtype']}, legacy {info['legacy_code_dtype'] or '-'}",
+        f"model:        {model}",
+        f"checkpoint:   sha256 {info['checkpoint_sha256'] or '-'}",
+        f"statistics:   sha256 {info['stats_sha256'] or '-'}",
+        f"encoded:      precision {info['precision'] or '-'} on {info['device'] or '-'}, "
+        f"crop {info['crop_policy'] or '-'}",
+        *(f"source:       {key} = {value}" for key, value in sources.items() if value is not None),
+        f"skipped:      {len(info['skipped'])}",
+        *(f"  {entry.get('name')}: {entry.get('reason')}" for entry in info["skipped"]),
+        f"size on disk: {'-' if size is None else f'{size} bytes ({size / 2**20:.2f} MiB)'}",
+    ]
+    return "\n".join(lines)
+
+
+def render_show(sample: dict) -> str:
+    return "\n".join([f"name:   {sample['name']}", f"length: {sample['length']} codes",
+                      "codes:  " + " ".join(map(str, sample["codes"])), "texts:",
+                      *(f"  {line}" for line in sample["texts"])])
+
+
+def render_ls(rows: list[dict]) -> str:
+    """One sample a line, tab-separated (names may hold spaces): length, name, first caption."""
+    return "\n".join(f"{row['length']}\t{row['name']}\t{row['caption']}" for row in rows)
+
+
+def render_stats(stats: dict) -> str:
+    q = stats["lengths"]
+    lengths = (f"min {q['min']}, mean {q['mean']:.1f}, p5 {q['p5']:g}, p25 {q['p25']:g}, "
+               f"median {q['p50']:g}, p75 {q['p75']:g}, p95 {q['p95']:g}, max {q['max']}") if q else "-"
+    return "\n".join([
+        f"samples:      {stats['samples']}",
+        f"codes:        {stats['codes']}",
+        f"active codes: {stats['active_codes']} of {stats['codebook_size']} ({stats['active_share']:.2%})",
+        f"perplexity:   {stats['perplexity']:.2f}",
+        f"lengths:      {lengths}",
+        "top codes:    code  count  share",
+        *(f"{t['code']:>18} {t['count']:>6} {t['share']:>6.2%}" for t in stats["top_codes"]),
+    ])
+
+
+def render_verify(report: VerifyReport) -> str:
+    lines = [f"FAIL {problem}" for problem in report.problems]
+    found = report.reencoding
+    if found is not None:
+        lines.append(f"re-encoded {len(found.samples)} samples: {found.exact} exact, token agreement "
+                     f"{found.agreement:.2%} ({found.agreeing}/{found.tokens})")
+        if found.checkpoint_matches is not None:
+            lines.append("checkpoint: sha256 " + ("matches the one recorded at build" if found.checkpoint_matches
+                                                  else "DIFFERS from the one recorded at build"))
+    lines.append("verify: OK" if report.ok else f"verify: FAILED ({len(report.problems)} problems)")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""The `tokstore stats --plot` figure. matplotlib is an optional extra, imported only here."""
+from __future__ import annotations
+
+import numpy as np
+
+from tokstore.errors import TokstoreError
+
+
+def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
+               per_dimension: list[np.ndarray] | None) -> None:
+    """Three panels: code frequency by rank (log-log), the length histogram, and code usage per
+    FSQ dimension (`per_dimension`: counts of each digit value) or, when None, per codebook row."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
+    except ImportError:
+        raise TokstoreError("--plot needs matplotlib: pip install 'tokstore[plot]'") from None
+
+    fig = Figure(figsize=(16, 4.5), layout="tight")
+    rank_ax, length_ax, part_ax = fig.subplots(1, 3)
+    used = np.sort(code_counts[code_counts > 0])[::-1]
+    if len(used):
+        rank_ax.loglog(np.arange(1, len(used) + 1), used, marker=".", linestyle="-")
+    rank_ax.set(title=f"code frequency by rank ({len(used)} active)", xlabel="rank", ylabel="count")
+
+    length_ax.hist(lengths, bins=min(50, max(1, len(np.unique(lengths)))))
+    length_ax.set(title="sample length", xlabel="codes per sample", ylabel="samples")
+
+    if per_dimension is not None:
+        for dim, counts in enumerate(per_dimension):
+            part_ax.plot(np.arange(len(counts)), counts, marker="o", label=f"dim {dim} (L={len(counts)})")
+        part_ax.legend(fontsize="small")
+        part_ax.set(title="code usage per FSQ dimension", xlabel="level (digit value)", ylabel="count")
+    else:
+        part_ax.bar(np.arange(len(code_counts)), code_counts, width=1.0)
+        part_ax.set(title="code usage per codebook row", xlabel="codebook row", ylabel="count")
+
+    fig.savefig(out_png, format="png", dpi=100)
