@@ -52,6 +52,10 @@ class StaleStoreError(BuildError):
     """The store holds codes made with another checkpoint, model config or statistics."""
 
 
+class LoadFailedError(BuildError):
+    """Under --on-error fail, an entry that passed preflight failed to load (NaN/Inf values)."""
+
+
 def _stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -387,7 +391,7 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
                         continue
                     failure = window.failures[0] if window.failures else None
                     if failure and options.on_error == "fail":
-                        raise BuildError(f"{failure['path']}: {failure['reason']} (found while "
+                        raise LoadFailedError(f"{failure['path']}: {failure['reason']} (found while "
                                          "loading; committed samples are kept, fix it and re-run "
                                          "to resume)")
                     encoded += len(window.names)
@@ -403,6 +407,8 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
         if job and job.consistent and not isinstance(exc, StoreError):
             _commit(job)  # complete windows only: resuming picks up right after them
             job.store.close()
+        if isinstance(exc, LoadFailedError):  # all ranks raise it together: let rank 0 commit
+            ranks.barrier()  # before torchrun stops the processes still running
         raise
     if not job:
         return BuildSummary(options.store, 0, 0, encoded, frames, [],
