@@ -24,7 +24,8 @@ def original_dataset_item(motion: np.ndarray, mean: np.ndarray, std: np.ndarray,
 def original_fsq_forward(fsq, z):
     """The original FSQ.forward on (B, C, T'): returns (out, indices, loss, perplexity, activate, indices)."""
     batch = z.shape[0]
-    z = fsq.project_in(z.permute(0, 2, 1)).unsqueeze(2)  # 'b d n -> b n d', then 'b n (c d) -> b n c d'
+    z = torch.cat([z.permute(0, 2, 1)], dim=1)  # rearrange 'b d n -> b n d', then einops pack (a torch.cat)
+    z = fsq.project_in(z).unsqueeze(2)  # 'b n (c d) -> b n c d'
     levels = fsq._levels
     half_l = (levels - 1) * (1 + 1e-3) / 2
     offset = torch.where(levels % 2 == 0, 0.5, 0.0)

@@ -65,7 +65,7 @@ def test_fsq_matches_the_original_float_path_on_every_table(levels):
     torch.manual_seed(0)
     fsq = FSQ(levels, len(levels))  # no projections: the quantizer sees z directly
     z = torch.cat([torch.randn(4096, len(levels)) * 3, torch.linspace(-6, 6, 4096)[:, None].expand(-1, len(levels))])
-    codes = fsq.encode(z.T[None])[0]
+    codes = fsq.encode(z.T[None])[0][0]
     expected, normalized = original_fsq_indices(z, levels)
     assert codes.dtype == torch.int32
     assert torch.equal(codes, expected)
@@ -83,7 +83,7 @@ def test_codebook_quantizers_pick_the_nearest_row_and_decode_to_it(kind, key):
     assert list(quantizer.state_dict()) == [key]
     quantizer.load_state_dict({key: torch.randn(64, 8)})
     z = torch.randn(3, 8, 10)
-    codes = quantizer.encode(z)
+    codes, _ = quantizer.encode(z)
     rows = z.permute(0, 2, 1).reshape(-1, 8)
     nearest = torch.cdist(rows.double(), quantizer.weight.double()).argmin(dim=1).view(3, 10)
     assert codes.dtype == torch.int64 and torch.equal(codes, nearest)
@@ -161,3 +161,37 @@ def test_cuda_precision_settings_hold_only_within_the_call():
         assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
         raise RuntimeError("boom")
     assert (matmul.fp32_precision, conv.fp32_precision) == before
+
+
+class BatchSensitiveEncoder(torch.nn.Module):
+    """Stands in for a kernel that rounds a batch differently: it nudges the output of batches.
+    Its latents are the first code_dim features at every unit-th frame."""
+
+    def __init__(self, channels: int, unit: int, nudge: float):
+        super().__init__()
+        self.channels, self.unit, self.nudge = channels, unit, nudge
+
+    def forward(self, x):  # (B, D, T) -> (B, channels, T / unit)
+        return x[:, :self.channels, ::self.unit] + (self.nudge if len(x) > 1 else 0.0)
+
+
+@pytest.mark.parametrize("quantizer", ["FSQ", "ema_reset"])
+def test_batched_rows_near_a_boundary_get_the_codes_they_get_alone(quantizer):
+    config = tiny(quantizer=quantizer, nb_code=256, code_dim=3, output_emb_width=3, down_t=1)
+    model = VQVAE(config)
+    model.vqvae["encoder"] = BatchSensitiveEncoder(3, 2, nudge=1e-5 if quantizer == "FSQ" else -1e-5)
+    x = torch.zeros(3, 4, 12)
+    x[:, :, :3] = torch.tensor([0.9, -0.4, 0.3])  # far from every boundary
+    if quantizer == "FSQ":  # channel 0 has 8 levels: bounded value just below the 0 / 1 boundary
+        half_l, offset = 7 * 1.001 / 2, 0.5
+        x[1, 2, 0] = float(np.arctanh((0.5 - 1e-7 + offset) / half_l) - np.arctanh(offset / half_l))
+    else:  # two codebook rows mirror each other across x = 0; token (1, 1) sits a hair to the right
+        codebook = torch.randn(256, 3) + 5
+        codebook[:2] = torch.tensor([[1.0, 0.5, 0.0], [-1.0, 0.5, 0.0]])
+        model.vqvae["quantizer"].codebook.copy_(codebook)
+        x[:, :, :3] = torch.tensor([0.1, 0.5, 0.0])
+        x[1, 2, 0] = 1e-9
+    alone = torch.cat([model.encode(row[None]) for row in x])
+    assert not torch.equal(model.encode(x, batch_exact=False), alone)  # the nudge flips one token
+    assert torch.equal(model.encode(x), alone)
+    assert torch.equal(model.encode(x, batch_exact=False)[[0, 2]], alone[[0, 2]])

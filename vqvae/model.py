@@ -18,6 +18,11 @@ from torch import nn
 from .config import VQVAEConfig, VQVAEError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+# How close to a decision boundary a token may lie before batched encoding re-checks it alone.
+# Convolution kernels round differently at different batch sizes (oneDNN's im2col path for the
+# dilated convolutions, cuDNN's algorithm choice): the quantizer inputs then move by ~1e-6
+# relative, so a 1e-4 margin is a wide safety factor, yet only ~0.1% of tokens fall inside it.
+NEAR_BOUNDARY = 1e-4
 
 
 # ---- building blocks ------------------------------------------------------------------------
@@ -169,15 +174,19 @@ class FSQ(nn.Module):
         self.project_out = nn.Linear(len(levels), dim) if projected else nn.Identity()
 
     def encode(self, z):
-        """(B, C, T') encoder output -> (B, T') int32 codes."""
-        z = self.project_in(z.transpose(1, 2))
+        """(B, C, T') encoder output -> (B, T') int32 codes, and which tokens lie within
+        NEAR_BOUNDARY of a rounding boundary (a last-bit difference upstream could flip them)."""
+        z = self.project_in(z.transpose(1, 2).contiguous())  # the original packs with torch.cat: a copy
         with _autocast_off(z.device):
             z = z.float()
             bounded = (z + self._shift).tanh() * self._half_l - self._offset
+            rounded = bounded.round()
             # round() is exact here, and so is every step below: these are small integers, equal
             # to what the original's float path (divide by half width, scale back, sum) yields.
-            digits = bounded.round().to(torch.int32) + self._half_width
-            return (digits * self._basis).sum(dim=-1, dtype=torch.int32)
+            digits = rounded.to(torch.int32) + self._half_width
+            codes = (digits * self._basis).sum(dim=-1, dtype=torch.int32)
+            near = ((bounded - rounded).abs() > 0.5 - NEAR_BOUNDARY).any(dim=-1)
+        return codes, near
 
     def decode(self, codes):
         """(B, T') codes -> (B, C, T') dequantized latents."""
@@ -206,7 +215,8 @@ class CodebookQuantizer(nn.Module):
         return self.embedding.weight if self.kind == "orig" else self.codebook
 
     def encode(self, z):
-        """(B, C, T') encoder output -> (B, T') int64 codes: argmin |x|^2 - 2 x.c + |c|^2.
+        """(B, C, T') encoder output -> (B, T') int64 codes, argmin |x|^2 - 2 x.c + |c|^2, and
+        which tokens are near a tie.
 
         The original evaluates this in float32, where near-ties (gaps of ~1e-7) resolve by the
         BLAS kernel's rounding, which varies with the CPU and even with the number of rows in the
@@ -218,7 +228,14 @@ class CodebookQuantizer(nn.Module):
             x = z.permute(0, 2, 1).reshape(-1, channels).double()
             c = self.weight.double()
             distance = x.pow(2).sum(1, keepdim=True) - 2 * (x @ c.t()) + c.pow(2).sum(1)
-        return distance.argmin(dim=1).view(batch, -1)
+            codes = distance.argmin(dim=1)
+            if len(c) == 1:  # a single row is never contested
+                near = torch.zeros_like(codes, dtype=torch.bool)
+            else:  # moving x by NEAR_BOUNDARY * |x| moves the gap d2 - d1 by up to 2 |dx| |c1 - c2|
+                best, order = distance.topk(2, dim=1, largest=False)
+                spread = (c[order[:, 0]] - c[order[:, 1]]).norm(dim=1)
+                near = best[:, 1] - best[:, 0] < 2 * NEAR_BOUNDARY * x.norm(dim=1) * spread
+        return codes.view(batch, -1), near.view(batch, -1)
 
     def decode(self, codes):
         return F.embedding(codes, self.weight).transpose(1, 2)
@@ -276,7 +293,7 @@ class VQVAE(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    def encode(self, x: torch.Tensor, precision: str = "fp32", batch_exact: bool = True) -> torch.Tensor:
         """(B, T, input_dim) normalized motion, T a multiple of unit_length -> (B, T / unit) codes
         (int32 for FSQ, int64 otherwise), on x's device.
 
@@ -284,6 +301,10 @@ class VQVAE(nn.Module):
         also turns off cuDNN's default TF32 convolutions for the call); "tf32" allows TF32 matmuls
         and convolutions on CUDA for the call (on CPU it is fp32); "bf16" runs the encoder under
         autocast, the quantizer in float32 as the original's does. Only fp32 promises exact codes.
+
+        batch_exact (fp32): the original encodes one motion at a time, and kernels may round the
+        last bit differently for a batch; rows with a token near a decision boundary are
+        therefore encoded again alone, so every row gets the codes it gets by itself.
         """
         if precision not in PRECISIONS:
             raise VQVAEError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -296,9 +317,15 @@ class VQVAE(nn.Module):
         if not x.is_floating_point():
             raise VQVAEError(f"expected a float tensor, got {x.dtype}")
         with torch.inference_mode(), _precision(precision, x.device):
-            h = self.vqvae["encoder"](x.permute(0, 2, 1).float())  # the original's preprocess
-            codes = self.vqvae["quantizer"].encode(h)
+            codes, near = self._encode(x)
+            if batch_exact and precision == "fp32" and len(x) > 1:
+                for row in near.any(dim=1).nonzero().flatten().tolist():
+                    codes[row] = self._encode(x[row:row + 1])[0][0]
         return codes.clone()  # an ordinary tensor: inference tensors refuse later in-place edits
+
+    def _encode(self, x):
+        h = self.vqvae["encoder"](x.permute(0, 2, 1).float())  # the original's preprocess
+        return self.vqvae["quantizer"].encode(h)
 
     def decode(self, codes) -> torch.Tensor:
         """(B, T') codes -> (B, T' * unit, input_dim) float32 motion in normalized space."""

@@ -7,8 +7,10 @@ costs nothing until touched); copies are kept in a small most-recently-used cach
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import weakref
 from collections import deque
 from typing import Callable
 
@@ -26,6 +28,8 @@ class ChunkedArray:
         self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
         self._recent: deque[int] | None = None if mapped else deque()
         self._cache_chunks = cache_chunks
+        self._empty = np.zeros(0, self.dtype)
+        self._empty.flags.writeable = False
 
     def chunk(self, k: int) -> np.ndarray:
         chunk = self._chunks[k]
@@ -44,9 +48,9 @@ class ChunkedArray:
         return chunk
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Values [start, stop): a read-only view when they lie in one chunk, else a copy."""
+        """Values [start, stop), read-only: a view when they lie in one chunk, else a copy."""
         if start >= stop:
-            return np.zeros(0, self.dtype)
+            return self._empty
         size = self.chunk_len
         k = start // size
         base = k * size
@@ -58,7 +62,9 @@ class ChunkedArray:
         last = (stop - 1) // size
         parts = [self.chunk(j)[max(start - j * size, 0):min(stop - j * size, size)]
                  for j in range(k, last + 1)]
-        return np.concatenate(parts)
+        values = np.concatenate(parts)
+        values.flags.writeable = False  # like the views: store data is not edited in place
+        return values
 
     def blocks(self):
         """(start, values) for every chunk of the committed prefix, in order."""
@@ -72,8 +78,33 @@ class ChunkedArray:
         return np.concatenate([values for _, values in self.blocks()])
 
 
-def map_file(path: str) -> mmap.mmap | None:
-    """A read-only memory map of a whole file (None for an empty file)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+def map_file(path: str) -> np.ndarray | None:
+    """A whole file memory-mapped as uint8 (None when empty).
+
+    Python's mmap keeps a duplicate file descriptor per map (until 3.13), and a store has a
+    chunk file per 512 KiB: a reader touching them all would exceed the usual 1024-descriptor
+    limit. So the map is made through libc and the descriptor closed at once. The map is
+    private copy-on-write: pages come from the page cache, and a stray write cannot reach the file.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    finally:
+        os.close(fd)
+    if address in (None, _MAP_FAILED):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot map {path}: {os.strerror(error)}")
+    buffer = (ctypes.c_ubyte * size).from_address(address)
+    weakref.finalize(buffer, _libc.munmap, address, size)  # unmapped with its last view
+    return np.frombuffer(buffer, dtype=np.uint8)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int64)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value

@@ -69,8 +69,11 @@ def check_code_dtype(code_dtype: str, codebook_size: int) -> str:
     return code_dtype
 
 
-def array_dtype(name: str, code_dtype: str) -> np.dtype:
-    return np.dtype(code_dtype).newbyteorder("<") if name == "codes" else np.dtype(FIXED_DTYPES[name])
+def array_dtypes(code_dtype: str) -> dict[str, np.dtype]:
+    """The dtype of every array, counts included, all little-endian."""
+    dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<") for name in ARRAYS}
+    dtypes["counts"] = np.dtype("<i8")
+    return dtypes
 
 
 def chunk_length(dtype: np.dtype, chunk_bytes: int) -> int:
@@ -147,7 +150,9 @@ class Record:
                                     f"up to version {FORMAT_VERSION}: upgrade tokstore")
         try:
             return cls._parse(raw)
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            raise StoreCorruptError(f"{where}: damaged attributes: {exc} is missing") from None
+        except (TypeError, ValueError) as exc:
             raise StoreCorruptError(f"{where}: damaged attributes: {exc}") from None
 
     @classmethod

@@ -14,7 +14,8 @@ Why this shape:
    writer that gets the lock knows the flags are stale and clears them (what `h5clear -s`
    does: flags to 0, end-of-file address to at least the file size, superblock checksum redone).
  - Readers open with `swmr=True, locking=False` and read the record *before* HDF5's metadata,
-   so every committed chunk is indexed; raw chunks are then memory-mapped at their byte offsets.
+   so every committed chunk is indexed. Chunk byte offsets are looked up once per array, and raw
+   chunks are memory-mapped there: reads make no HDF5 call (also none in forked workers).
 """
 from __future__ import annotations
 
@@ -65,13 +66,15 @@ class HDF5Container:
 
         target = Path(path)
         if target.exists():
-            if not overwrite or target.is_dir():
-                raise StoreError(f"{path} already exists (pass overwrite=True to replace a file)")
+            if not overwrite:
+                raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
+            if target.is_dir() or not _is_store_file(target):
+                raise StoreError(f"{path} exists and is not a tokstore HDF5 store: not overwriting it")
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        _lock(fd, path)
         try:
+            _lock(fd, path)
             file = h5py.File(target, "w", libver="latest", userblock_size=USERBLOCK, locking=False)
             for name, dtype in dtypes.items():
                 if name == "counts":
@@ -145,14 +148,17 @@ class HDF5Container:
             return ChunkedArray(name, dtype, length, chunk_len,
                                 lambda k: dataset[k * chunk_len:(k + 1) * chunk_len], mapped=False)
         nbytes = chunk_len * dtype.itemsize
+        where: dict[int, int] = {}  # chunk -> byte offset, all found now: no HDF5 call per read
+        dataset.id.chunk_iter(lambda info: where.__setitem__(info.chunk_offset[0] // chunk_len,
+                                                             info.byte_offset))
 
         def load(k: int) -> np.ndarray:
-            info = dataset.id.get_chunk_info_by_coord((k * chunk_len,))
-            if info.byte_offset is None or info.size != nbytes:
+            offset = where.get(k)
+            if offset is None:
                 raise StoreCorruptError(f"{name}: chunk {k} is missing from the HDF5 file")
-            if self._map is None or info.byte_offset + nbytes > len(self._map):
+            if self._map is None or offset + nbytes > len(self._map):
                 self._map = map_file(self.path)  # the file grew since the last map
-            return np.frombuffer(self._map, dtype=dtype, count=chunk_len, offset=info.byte_offset)
+            return self._map[offset:offset + nbytes].view(dtype)
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
 
@@ -206,11 +212,15 @@ class HDF5Container:
         os.close(self._fd)
 
 
+def _is_store_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return superblock_position(f.fileno()) == USERBLOCK
+
+
 def _lock(fd: int, path: str):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         raise StoreLockedError(f"{path} is open for writing by another process") from None
 
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .errors import NameNotFoundError, StoreCorruptError
-from .format import Record, crc32, name_hashes
+from .format import ARRAYS, Record, crc32, name_hashes
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
 
@@ -23,6 +23,8 @@ class StoreReader:
         self._container, self._dtypes = container, dtypes
         self._arrays: dict = {}
         self._loaded: dict = {}
+        for name in ARRAYS:  # metadata only: each must hold its committed length
+            self.array(name)
         self.offsets = self.loaded("offsets")
         if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
             raise StoreCorruptError(f"{container.path}: offsets do not span the {record.lengths['codes']} "
@@ -83,11 +85,12 @@ class StoreReader:
         if "name_list" not in self._loaded:
             raw = self.array("names").read_all().tobytes()
             bounds = self.loaded("name_offsets").tolist()
-            try:  # ASCII names (the usual case): decode once, slice the str
-                whole = raw.decode("ascii") if raw.isascii() else raw
-                names = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
-                if whole is raw:
-                    names = [name.decode("utf-8") for name in names]
+            try:
+                if raw.isascii():  # the usual case: decode once, slice the str
+                    whole = raw.decode("ascii")
+                    names = [whole[a:b] for a, b in zip(bounds, bounds[1:])]
+                else:
+                    names = [raw[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
             except UnicodeDecodeError as exc:
                 raise StoreCorruptError(f"names: not valid UTF-8: {exc}") from None
             self._loaded["name_list"] = names

@@ -8,7 +8,7 @@ import numpy as np
 
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreError
-from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, OFFSET_ARRAYS, Record, array_dtype,
+from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, OFFSET_ARRAYS, Record, array_dtypes,
                      check_code_dtype, default_code_dtype, json_safe)
 from .hdf5_container import HDF5Container
 from .reader import StoreReader
@@ -50,13 +50,12 @@ class TokenStore:
 
     def __init__(self, container, record: Record, writable: bool):
         self._container, self._record = container, record
-        self._dtypes = {name: array_dtype(name, record.code_dtype) for name in ARRAYS}
-        self._dtypes["counts"] = np.dtype("<i8")
+        self._dtypes = array_dtypes(record.code_dtype)
         self._reader: StoreReader | None = None
         self._writer: StoreWriter | None = None
         self._closed = False
+        reader = self._read()  # reads the offsets and checks every array against the record
         if writable:
-            reader = self._read()
             self._writer = StoreWriter(container, record, self._dtypes, reader.counts, self._read)
             self._writer.dirty = reader.stale_counts  # rewrite counts at the next commit
 
@@ -80,8 +79,7 @@ class TokenStore:
 
         code_dtype = check_code_dtype(code_dtype or default_code_dtype(codebook_size), codebook_size)
         record = Record.empty(codebook_size, code_dtype, json_safe(meta or {}), __version__)
-        dtypes = {name: array_dtype(name, code_dtype) for name in ARRAYS}
-        dtypes["counts"] = np.dtype("<i8")
+        dtypes = array_dtypes(code_dtype)
         container = BACKENDS[backend].create(path, record, dtypes, chunk_bytes, overwrite)
         try:
             for name in OFFSET_ARRAYS:

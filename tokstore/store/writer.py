@@ -29,7 +29,7 @@ class StoreWriter:
         self._pending_names: list[str] = []
         self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
                       "text": record.lengths["text"], "lines": record.lengths["line_offsets"] - 1}
-        self._hash_index = None  # (sorted name hashes, sample index of each), built on first use
+        self._hash_runs = None  # sorted runs of name hashes, built on first use
         self.dirty = False
 
     @property
@@ -98,35 +98,40 @@ class StoreWriter:
         return encoded
 
     def _check_new_names(self, names, hashes):
-        sorted_hashes, owners = self._index()
-        first = np.searchsorted(sorted_hashes, hashes, side="left")
-        last = np.searchsorted(sorted_hashes, hashes, side="right")
-        for j in np.flatnonzero(last > first):  # equal hash: almost surely the same name
-            for position in range(first[j], last[j]):
-                owner = int(owners[position])
-                if self._name_at(owner) == names[j]:
-                    raise DuplicateNameError(f"sample name {names[j]!r} is already in the store "
-                                             f"(sample {owner})")
+        for sorted_hashes, owners in self._index():
+            first = np.searchsorted(sorted_hashes, hashes, side="left")
+            last = np.searchsorted(sorted_hashes, hashes, side="right")
+            for j in np.flatnonzero(last > first):  # equal hash: almost surely the same name
+                for position in range(first[j], last[j]):
+                    owner = int(owners[position])
+                    if self._name_at(owner) == names[j]:
+                        raise DuplicateNameError(f"sample name {names[j]!r} is already in the "
+                                                 f"store (sample {owner})")
 
     def _name_at(self, index: int) -> str:
         if index >= self.record.samples:
             return self._pending_names[index - self.record.samples]
         return self._reader_factory().name(index)
 
-    def _index(self):
-        if self._hash_index is None:
+    def _index(self) -> list:
+        """Name hashes of every sample as sorted runs of (hashes, sample indices), a few large
+        and some small, so that adding a batch never re-sorts everything (as in an LSM tree)."""
+        if self._hash_runs is None:
             hashes = self._reader_factory().name_hashes()
             order = np.argsort(hashes, kind="stable")
-            self._hash_index = (hashes[order], order.astype(np.int64))
-        return self._hash_index
+            self._hash_runs = [(hashes[order], order.astype(np.int64))]
+        return self._hash_runs
 
     def _add_to_hash_index(self, hashes, first):
-        sorted_hashes, owners = self._index()
         order = np.argsort(hashes, kind="stable")
-        merged = np.concatenate([sorted_hashes, hashes[order]])
-        merged_owners = np.concatenate([owners, first + order])
-        by_hash = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
-        self._hash_index = (merged[by_hash], merged_owners[by_hash])
+        run = (hashes[order], first + order)
+        runs = self._index()
+        while runs and len(runs[-1][0]) <= 2 * len(run[0]):
+            older = runs.pop()
+            merged = np.concatenate([older[0], run[0]])
+            by_hash = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
+            run = (merged[by_hash], np.concatenate([older[1], run[1]])[by_hash])
+        runs.append(run)
 
     def _check_codes(self, names, codes_list):
         arrays, lengths = [], np.empty(len(names), np.int64)
@@ -153,7 +158,7 @@ class StoreWriter:
     def _encode_texts(names, texts_list):
         lines, counts = [], np.empty(len(names), np.int64)
         for i, (name, texts) in enumerate(zip(names, texts_list)):
-            if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+            if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
                 raise SampleError(f"sample {name!r}: texts must be a list of str lines "
                                   f"(as readlines() returns them), not {texts!r:.80}")
             try:

@@ -36,6 +36,7 @@ class ZarrContainer:
     def __init__(self, path: str, writable: bool):
         self.path, self.writable = path, writable
         self.dir = local_dir(path)
+        self._target = str(self.dir) if self.dir is not None else path  # local: zarr's LocalStore
         self._group = None
         self._arrays: dict = {}
         self._lock_fd: int | None = None
@@ -53,10 +54,13 @@ class ZarrContainer:
             if occupied:
                 if not overwrite:
                     raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
-                shutil.rmtree(self.dir) if self.dir.is_dir() else self.dir.unlink()
+                if not (self.dir / "zarr.json").is_file():
+                    raise StoreError(f"{path} exists and is not a Zarr store: not overwriting it")
+                shutil.rmtree(self.dir)
             self.dir.mkdir(parents=True, exist_ok=True)
         try:  # a local directory is empty by now; "w" would delete a lock file taken before
-            self._group = zarr.open_group(path, mode="w" if overwrite and self.dir is None else "w-")
+            self._group = zarr.open_group(self._target,
+                                          mode="w" if overwrite and self.dir is None else "w-")
         except (ContainsGroupError, ContainsArrayError, FileExistsError):
             raise StoreError(f"{path} already exists (pass overwrite=True to replace it)") from None
         if self.dir is not None:
@@ -95,7 +99,7 @@ class ZarrContainer:
             import zarr
 
             try:
-                self._group = zarr.open_group(self.path, mode="r+" if self.writable else "r")
+                self._group = zarr.open_group(self._target, mode="r+" if self.writable else "r")
             except Exception as exc:  # zarr raises assorted types for missing/broken metadata
                 raise StoreCorruptError(f"{self.path}: zarr cannot open the group: {exc}") from None
         return self._group
@@ -110,12 +114,13 @@ class ZarrContainer:
                 raise NotAStoreError(f"{self.path} is not a tokstore store (not a Zarr group)")
             attrs = root.get("attributes") or {}
         else:
-            try:
-                import zarr
+            import zarr
 
-                attrs = dict(zarr.open_group(self.path, mode="r").attrs)
+            try:
+                self._group = zarr.open_group(self._target, mode="r+" if self.writable else "r")
             except FileNotFoundError:
                 raise NotAStoreError(f"{self.path} is not a tokstore store (no Zarr group)") from None
+            attrs = self._group.attrs.asdict()
         return Record.from_dict(attrs.get(RECORD_KEY) if isinstance(attrs, dict) else None, self.path)
 
     # ---- reading -------------------------------------------------------------------------
@@ -131,7 +136,7 @@ class ZarrContainer:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} is missing") from None
                 if mapped is None or len(mapped) != chunk_len * dtype.itemsize:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} has the wrong size")
-                return np.frombuffer(mapped, dtype=dtype)
+                return mapped.view(dtype)
 
             return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
         array = self._zarr_array(name)

@@ -1,0 +1,22 @@
+"""Deterministic samples for the store tests (also imported by the writer child process)."""
+from __future__ import annotations
+
+import numpy as np
+
+CODEBOOK = 1000
+CAPTIONS = ["a person walks forward.\n", "\n", "ünïcødé — 人が歩く 🚶\n", "jumps#jump/VERB#0.0#0.0\n",
+            "last line without newline"]
+
+
+def sample(i: int):
+    """Names with '/', spaces and non-ASCII; 0..60 codes; 0..4 verbatim caption lines."""
+    rng = np.random.default_rng(i)
+    name = f"set{i % 3}/sub dir {i % 5}/clip_{i:05d}" + ("_ü" if i % 7 == 0 else "")
+    codes = rng.integers(0, CODEBOOK, int(rng.integers(0, 61)), dtype=np.int64)
+    texts = [CAPTIONS[j] for j in rng.permutation(len(CAPTIONS))[:i % 5]]
+    return name, codes, texts
+
+
+def batch(start: int, stop: int):
+    names, codes, texts = zip(*(sample(i) for i in range(start, stop))) if stop > start else ((), (), ())
+    return list(names), list(codes), list(texts)

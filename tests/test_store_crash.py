@@ -1,0 +1,107 @@
+"""Crash safety: writers killed with SIGKILL, and readers running beside a writer (both backends)."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_samples import CODEBOOK, batch, sample
+
+from tokstore import TokenStore
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).resolve().parent / "store_child.py"
+TOTAL, STEP = 400, 8
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def backend(request):
+    return request.param
+
+
+def start_writer(path, backend, *extra):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"}
+    return subprocess.Popen([sys.executable, str(CHILD), str(path), backend, str(TOTAL), str(STEP),
+                             *extra], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_prefix(store, n):
+    """The store holds exactly samples 0..n-1, and is healthy."""
+    assert len(store) == n
+    assert store.check() == []
+    for i in range(n):
+        name, codes, texts = sample(i)
+        got = store[i]
+        assert got.name == name and np.array_equal(got.codes, codes) and got.texts == texts
+    assert store.counts[CODEBOOK] == n
+
+
+def store_files(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "tokstore.lock"}
+
+
+def test_sigkill_at_random_points_then_resume(tmp_path, backend):
+    path = tmp_path / ("killed.zarr" if backend == "zarr" else "killed.h5")
+    rng = random.Random(20240607)
+    seen = []
+    for _ in range(4):
+        writer = start_writer(path, backend)
+        ready, start = writer.stdout.readline().split()
+        assert ready == "ready", writer.stderr.read()
+        for _ in range(rng.randint(0, 10)):  # let a few commits pass, then kill at a random moment
+            writer.stdout.readline()
+        time.sleep(rng.uniform(0, 0.03))
+        writer.kill()
+        writer.wait()
+        with TokenStore.open(path) as store:  # opens at the last commit, healthy
+            assert len(store) % STEP == 0 and len(store) >= int(start)
+            assert_prefix(store, len(store))
+            seen.append(len(store))
+    writer = start_writer(path, backend)  # resume to the end, uninterrupted
+    out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert out.split()[-2:] == ["done", str(TOTAL)]
+    assert 0 < seen[-1] < TOTAL, f"the kills did not land mid-build: {seen}"
+
+    reference = tmp_path / ("reference.zarr" if backend == "zarr" else "reference.h5")
+    with TokenStore.create(reference, CODEBOOK, backend=backend, meta={"model": "test"},
+                           chunk_bytes=64) as store:
+        for start in range(0, TOTAL, STEP):
+            store.append(*batch(start, start + STEP))
+            store.update_meta({"samples_done": start + STEP})
+            store.commit()
+    with TokenStore.open(path) as resumed, TokenStore.open(reference) as uninterrupted:
+        assert_prefix(resumed, TOTAL)
+        assert resumed._record.to_dict() == uninterrupted._record.to_dict()  # lengths, crcs, meta
+        assert np.array_equal(resumed.counts, uninterrupted.counts)
+    if backend == "zarr":  # same bytes on disk, file for file
+        assert store_files(path) == store_files(reference)
+
+
+def test_reader_beside_a_writer_sees_only_commits(tmp_path, backend):
+    path = tmp_path / ("live.zarr" if backend == "zarr" else "live.h5")
+    writer = start_writer(path, backend, "hold")
+    try:
+        assert writer.stdout.readline().split() == ["ready", "0"]
+        lines = iter(writer.stdout.readline, "")
+        word, committed = next(line for line in lines if not line.startswith("committed")).split()
+        assert word == "uncommitted", writer.stderr.read()
+        with TokenStore.open(path) as store:  # the writer is alive, with data past its commit
+            assert_prefix(store, int(committed))
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+        with TokenStore.open(path) as store:
+            assert_prefix(store, TOTAL)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
