@@ -76,12 +76,13 @@ def build(
     _echo_summary(summary)
 
 
-def _echo_summary(summary) -> None:
-    if summary.rank:
+def _echo_summary(s) -> None:
+    """A BuildSummary: what the store holds, what this run did, what was skipped and why."""
+    if s.rank:
         return  # under torchrun rank 0 speaks for all
-    s = summary
     if s.already_complete:
-        typer.echo(f"{s.store} is already complete: {s.samples} samples, {s.tokens} tokens")
+        typer.echo(f"{s.store} is already complete ({s.samples} samples, {s.tokens} tokens): "
+                   "nothing to do")
     else:
         rate = s.frames / s.seconds if s.seconds else 0.0
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""

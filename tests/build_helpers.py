@@ -19,9 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "motionmillion", "--width", "32", "--code-dim", "32", "--output-emb-width", "32"]
 
 
-def tiny_config(*flags: str) -> VQVAEConfig:
-    return VQVAEConfig.from_flags(VQVAEConfig.preset("motionmillion").to_flags() + list(TINY[2:])
-                                  + list(flags))
+def tiny_config() -> VQVAEConfig:
+    return VQVAEConfig.from_flags(VQVAEConfig.preset("motionmillion").to_flags() + TINY[2:])
 
 
 def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):

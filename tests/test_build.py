@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from build_helpers import TINY, assert_same_store, build_args, contents, run_cli, tiny_setup
+from build_helpers import assert_same_store, build_args, contents, run_cli, tiny_config, tiny_setup
 
 from tokstore import TokenStore
 from tokstore.demo import save_random_checkpoint
@@ -85,8 +85,7 @@ def test_rerun_of_a_finished_build_is_a_no_op(tmp_path):
 
 def _other_checkpoint(tmp_path, dataset, checkpoint):
     other = tmp_path / "other.pth"
-    save_random_checkpoint(other, VQVAEConfig.from_flags(
-        VQVAEConfig.preset("motionmillion").to_flags() + TINY[2:]), seed=1)
+    save_random_checkpoint(other, tiny_config(), seed=1)
     return build_args(dataset, other, tmp_path / "s.zarr"), "different checkpoint"
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -136,7 +136,7 @@ def build(options: BuildOptions) -> BuildSummary:
     with Ranks.from_env() as ranks:
         device = resolve_device(options.device, ranks.local_rank)
         if options.batch_frames is None:
-            options = replace(options, batch_frames=BATCH_FRAMES.get(device.type, BATCH_FRAMES["cuda"]))
+            options = replace(options, batch_frames=BATCH_FRAMES.get(device.type, 131072))
         job, share = ranks.from_leader(lambda: _prepare(options, device, ranks.world))
         if share.done is not None:
             share.done.seconds = time.perf_counter() - started
@@ -218,7 +218,6 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
             _refuse_stale(existing, provenance)
             progress = existing.meta.get("build", {})
             if progress.get("complete") and progress.get("split_sha256") == split_sha:
-                log(f"{options.store} is already complete ({len(existing)} samples): nothing to do")
                 done = BuildSummary(options.store, len(existing), int(existing.lengths.sum()),
                                     0, 0, existing.meta.get("skipped", []), 0.0,
                                     len(existing), already_complete=True)
@@ -229,8 +228,9 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
     if checked.problems and options.on_error == "fail":
         raise checked.error(limit=1000)
     preflight_skipped = [_skip_record(p.name, p.path, p.reason) for p in checked.problems]
-    for p in checked.problems:
-        log(f"skipping: {p}")
+    if checked.problems:
+        log(f"preflight found {len(checked.problems)} problem(s): skipping those entries "
+            "(recorded in the store, listed at the end)")
     if not checked.entries:
         raise BuildError(f"no motion left to encode: all {len(names)} split entries have problems")
     if options.precision != "fp32":
@@ -304,7 +304,9 @@ def _resume_point(store: TokenStore, entries: list[Entry], preflight_skipped: li
     meta = store.meta
     next_entry = int(meta.get("build", {}).get("next_entry", 0))
     preflight_names = {s["name"] for s in preflight_skipped}
-    load_skipped = [s for s in meta.get("skipped", []) if s["name"] not in preflight_names]
+    split_names = {e.name for e in entries}
+    load_skipped = [s for s in meta.get("skipped", [])
+                    if s["name"] in split_names and s["name"] not in preflight_names]
     failed = {s["name"] for s in load_skipped}
     expected = [e.name for e in entries if e.index_in_split < next_entry and e.name not in failed]
     have = store.names
@@ -423,54 +425,49 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
 
     windows = _encode_windows(model, share, options, device, on_batch)
     encoded = frames = 0
-    try:
-        with closing(windows), bar:
+    with job.store if job else nullcontext(), closing(windows), bar:
+        try:
             for _ in range(share.rounds):
                 gathered = ranks.all_gather(next(windows, None))
                 for rank, window in enumerate(gathered):
                     if window is None:
                         continue
-                    failure = window.failures[0] if window.failures else None
-                    if failure and options.on_error == "fail":
-                        raise LoadFailedError(f"{failure['path']}: {failure['reason']} (found while "
-                                         "loading; committed samples are kept, fix it and re-run "
-                                         "to resume)")
+                    if window.failures and options.on_error == "fail":
+                        failure = window.failures[0]
+                        raise LoadFailedError(
+                            f"{failure['path']}: {failure['reason']} (found while loading; "
+                            "committed samples are kept: fix it and re-run to resume)")
                     encoded += len(window.names)
                     frames += window.frames
                     if job:
                         if rank:
                             motions += len(window.names)
                             bar.update(window.frames)
-                        _append(job, window, options.log)
+                        _append(job, window)
                 if job and job.since_commit >= options.commit_every:
                     _commit(job)
-    except BaseException as exc:
-        if job and job.consistent and not isinstance(exc, StoreError):
-            _commit(job)  # complete windows only: resuming picks up right after them
-            job.store.close()
-        if isinstance(exc, LoadFailedError):  # all ranks raise it together: let rank 0 commit
-            ranks.barrier()  # before torchrun stops the processes still running
-        raise
-    if not job:
-        return BuildSummary(options.store, 0, 0, encoded, frames, [],
-                            time.perf_counter() - started, rank=ranks.rank)
-    _commit(job, complete=True)
-    store = job.store
-    summary = BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
-                           store.meta["skipped"], time.perf_counter() - started, job.resumed_from)
-    store.close()
-    return summary
+        except BaseException as exc:
+            if job and job.consistent and not isinstance(exc, StoreError):
+                _commit(job)  # complete windows only: resuming picks up right after them
+            if isinstance(exc, LoadFailedError):  # every rank raises it: let rank 0 commit
+                ranks.barrier()  # before torchrun stops the processes still running
+            raise
+        seconds = time.perf_counter() - started
+        if not job:
+            return BuildSummary(options.store, 0, 0, encoded, frames, [], seconds, rank=ranks.rank)
+        _commit(job, complete=True)
+        store = job.store
+        return BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
+                            store.meta["skipped"], seconds, job.resumed_from)
 
 
-def _append(job: _Job, window: _Window, log) -> None:
+def _append(job: _Job, window: _Window) -> None:
     job.consistent = False
     job.store.append(window.names, window.codes, window.texts)
     job.load_skipped += window.failures
     job.next_entry = window.next_entry
     job.since_commit += len(window.names)
     job.consistent = True
-    for failure in window.failures:
-        log(f"skipping: {failure['path']}: {failure['reason']}")
 
 
 def _commit(job: _Job, complete: bool = False) -> None:
