@@ -15,7 +15,9 @@ with random weights, saved as the original saves checkpoints.
 (c) the I/O floor: tokstore's loader alone (read, crop, normalize, captions), nothing encoded;
 (d) encode only: the same batches, already in memory, through the build's batch encoder (the GPU
     target's base).
-The codes and probabilities of (a) and (b) must agree.
+The codes and probabilities of (a) and (b) must agree. fp32 CPU codes depend (in a rare last bit)
+on the intra-op thread count, in the original too; tokstore encodes on CPU with one thread per
+batch, so a motion that differs from (a) is checked against the original loop on one thread.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.baseline import OriginalGetCodes
 from benchmarks.common import Timer, machine
 from tokstore import TokenStore
-from tokstore.build import BATCH_FRAMES, BuildOptions, build, encode_batches, resolve_device
+from tokstore.build import (BATCH_FRAMES, BuildOptions, build, encode_batches, one_intra_op_thread,
+                            resolve_device)
 from tokstore.demo import save_random_checkpoint
 from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
 from tokstore.synthetic import make_dataset
@@ -66,6 +69,18 @@ def original_get_codes(model, layout, names, mean, std, out_root: Path, workers:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, codes)
     torch.save(get_codes.probs(), out_root / f"{VQ_NAME}_prob.npy")
+
+
+def original_probs(code_arrays, codebook_size: int) -> np.ndarray:
+    """The original's probability file for these codes: float32 counts (codes, end token once
+    per motion, pad 0) divided by the int token total, as OriginalGetCodes.probs() computes it."""
+    counts = torch.zeros(codebook_size + 2, dtype=torch.long)
+    n = 0
+    for codes in code_arrays:
+        counts[:codebook_size] += torch.from_numpy(np.bincount(codes, minlength=codebook_size))
+        n += 1
+    counts[codebook_size] += n
+    return (counts.float() / int(counts.sum())).numpy()
 
 
 def loader_items(entries, mean, std, unit_length, options: BuildOptions):
@@ -136,19 +151,33 @@ def main(argv=None):
           f"(GPU target >= 0.6);  (b)/(c): {floor_t.seconds / build_t.seconds:.2f} of the I/O floor")
 
     with TokenStore.open(options.store) as store:
-        differ = sum(not np.array_equal(store[name].codes,
-                                        np.load(work / "original" / VQ_NAME / f"{name}.npy")[0])
-                     for name in names)
-        prob = torch.load(work / "original" / f"{VQ_NAME}_prob.npy")
-        same_prob = np.array_equal(store.probs(), prob.numpy())
-    print(f"codes identical: {'yes' if differ == 0 else 'NO'} ({len(names) - differ}/{len(names)} "
-          f"motions); probability file identical: {'yes' if same_prob else 'NO'}; "
-          f"store holds {summary.samples} samples, {summary.tokens:,} tokens")
+        ours = {name: store[name].codes.astype(np.int32) for name in names}
+        our_probs = store.probs()
+    code_dir = work / "original" / VQ_NAME
+    original = {name: np.load(code_dir / f"{name}.npy")[0] for name in names}
+    differ = [name for name in names if not np.array_equal(ours[name], original[name])]
+    # fp32 sums may round their last bit differently with another intra-op thread count: the
+    # original's own codes flip a rare token between 1 and N threads. tokstore encodes on CPU with
+    # one thread per batch, so a differing motion must equal the original loop on one thread.
+    items = OriginalMotions(layout, names, mean, std, config.unit_length)
+    with one_intra_op_thread():
+        for name in differ:
+            pose = torch.from_numpy(items[names.index(name)][0])[None]
+            original[name] = OriginalGetCodes(model)(pose)[0]
+    unexplained = [name for name in differ if not np.array_equal(ours[name], original[name])]
+    same_prob = np.array_equal(our_probs, original_probs(original.values(), model.codebook_size))
+    print(f"codes: {len(names) - len(differ)}/{len(names)} motions identical to (a); "
+          f"{len(differ) - len(unexplained)} of the other {len(differ)} equal the original loop on "
+          f"one intra-op thread, as tokstore encodes on CPU; unexplained: {len(unexplained)} "
+          f"{unexplained[:3]}")
+    print(f"probabilities identical to the original's computation over those codes: "
+          f"{'yes' if same_prob else 'NO'}; store holds {summary.samples} samples, "
+          f"{summary.tokens:,} tokens")
     if args.dir is None:
         import shutil
 
         shutil.rmtree(work)
-    return 0 if (differ == 0 and same_prob) or args.precision != "fp32" else 1
+    return 0 if (not unexplained and same_prob) or args.precision != "fp32" else 1
 
 
 if __name__ == "__main__":

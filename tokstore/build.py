@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -323,12 +323,13 @@ def _agreement(model: VQVAE, entries: list[Entry], mean, std, precision: str) ->
     """How many codes of the first few motions the reduced precision gives as fp32 does."""
     equal = total = 0
     sample = entries[:AGREEMENT_SAMPLE]
-    for entry in sample:
-        motion = np.load(entry.motion_path)[:entry.cropped_frames]
-        x = torch.from_numpy(((motion - mean) / std).astype(np.float32))[None].to(model.device)
-        exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
-        equal += int((exact == fast).sum())
-        total += exact.numel()
+    with one_intra_op_thread() if model.device.type == "cpu" else nullcontext():  # as the build
+        for entry in sample:
+            motion = np.load(entry.motion_path)[:entry.cropped_frames]
+            x = torch.from_numpy(((motion - mean) / std).astype(np.float32))[None].to(model.device)
+            exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
+            equal += int((exact == fast).sum())
+            total += exact.numel()
     return (f"precision {precision}: {equal / max(total, 1):.2%} of {total} codes equal to fp32 "
             f"on {len(sample)} motions (only fp32 reproduces the original exactly)")
 
@@ -357,8 +358,9 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
     frames = 0
     items = iter_batches(entries, share.mean, share.std, model.unit_length, options.batch_frames,
                          options.window, options.workers)
-    with closing(items):
-        for item, codes in encode_batches(items, model, options.precision, device):
+    encoded = encode_batches(items, model, options.precision, device)
+    with closing(items), closing(encoded):
+        for item, codes in encoded:
             if isinstance(item, MotionBatch):
                 done.update(zip(item.entry_ids.tolist(), zip(codes, item.texts)))
                 frames += item.motions.shape[0] * item.motions.shape[1]
@@ -376,37 +378,46 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
 def encode_batches(items, model: VQVAE, precision: str, device: torch.device):
     """(item, codes of a MotionBatch or None), in the order of `items`.
 
-    On CPU, batches are encoded concurrently by torch.get_num_threads() threads with one intra-op
-    thread each: splitting one batch's small convolutions across cores scales poorly (and
-    collapses on a busy machine), whole batches side by side scale almost linearly, and the
-    convolutions release the GIL. The codes are the same either way."""
+    On CPU every batch is encoded with ONE intra-op thread, torch.get_num_threads() batches side
+    by side: splitting one batch's small convolutions across cores scales poorly (and collapses on
+    a busy machine) while whole batches in parallel scale almost linearly (the convolutions release
+    the GIL). It also fixes the codes: fp32 sums can round their last bit differently with another
+    thread count (the original's own codes flip ~1 token in 200,000 between 1 and 2 threads), so
+    a CPU build gives the same codes on any machine size, with any --workers, under torchrun, and
+    equals the original run with one thread."""
 
     def encode(motions: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(motions).to(device, non_blocking=True)
         return model.encode(x, precision).cpu().numpy()
 
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    if device.type != "cpu":
         for item in items:
             yield item, encode(item.motions) if isinstance(item, MotionBatch) else None
         return
     pending: deque = deque()  # (item, future or None), oldest first
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            for item in items:
-                future = pool.submit(encode, item.motions) if isinstance(item, MotionBatch) else None
-                pending.append((item, future))
-                # hand back what is finished, and wait once `threads` batches queue behind them
-                while pending and (pending[0][1] is None or pending[0][1].done()
-                                   or len(pending) > 2 * threads):
-                    item, future = pending.popleft()
-                    yield item, future.result() if future else None
-            while pending:
+    with one_intra_op_thread() as cores, ThreadPoolExecutor(cores) as pool:
+        for item in items:
+            future = pool.submit(encode, item.motions) if isinstance(item, MotionBatch) else None
+            pending.append((item, future))
+            # hand back what is finished, and wait once 2 batches per core queue behind it
+            while pending and (pending[0][1] is None or pending[0][1].done()
+                               or len(pending) > 2 * cores):
                 item, future = pending.popleft()
                 yield item, future.result() if future else None
+        while pending:
+            item, future = pending.popleft()
+            yield item, future.result() if future else None
+
+
+@contextmanager
+def one_intra_op_thread():
+    """torch ops on one thread inside; yields the thread count they had (the cores to use)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, model: VQVAE,
