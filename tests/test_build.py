@@ -201,6 +201,11 @@ def test_model_flags_are_checked(tmp_path):
     assert result.exit_code == 1 and "name the model" in result.output
     result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--precision", "fp16"))
     assert result.exit_code == 1 and "precision must be one of fp32, tf32, bf16" in result.output
+    result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--device", "tpu:x"))
+    assert result.exit_code == 1 and "unknown device 'tpu:x'" in result.output
+    if not torch.cuda.is_available():
+        result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--device", "cuda"))
+        assert result.exit_code == 1 and "no CUDA device is available" in result.output
     assert not (tmp_path / "s.zarr").exists()
 
 
