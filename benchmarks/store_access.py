@@ -155,15 +155,16 @@ def measure_in_child(kind: str, path: Path, reads: int) -> dict:
 # ---- report ---------------------------------------------------------------------------------
 def report(results: dict, builds: dict, samples: int, reads: int) -> str:
     memmap = results["memmap"]["reads_per_s"]
-    lines = [f"{samples:,} samples, {reads:,} random reads, {machine()}, {time.strftime('%Y-%m-%d')}",
+    lines = [f"{samples:,} samples, {reads:,} random reads, {machine()}, "
+             f"{time.strftime('%Y-%m-%d')}",
              "",
              "| kind | build/write s | open s | RSS before open MB | RSS after open MB | "
              "reads/s | x memmap | RSS after reads MB |",
              "|---|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         r = results[kind]
-        lines.append(f"| {kind} | {builds[kind]:.1f} | {r['open_s']:.3f} | {r['rss_before_mb']:.0f} | "
-                     f"{r['rss_open_mb']:.0f} | {r['reads_per_s']:,.0f} | "
+        lines.append(f"| {kind} | {builds[kind]:.1f} | {r['open_s']:.3f} | "
+                     f"{r['rss_before_mb']:.0f} | {r['rss_open_mb']:.0f} | {r['reads_per_s']:,.0f} | "
                      f"{r['reads_per_s'] / memmap:.2f} | {r['rss_after_reads_mb']:.0f} |")
     lines.append("")
     pickle_result = results["pickle"]
@@ -189,7 +190,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--reads", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000, help="samples per append + commit")
-    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where to make the work directory (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the files it wrote")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,7 +204,8 @@ def main(argv=None):
         print(f"synthesizing {args.samples:,} samples ...", file=sys.stderr)
         content = Content(args.samples)
         paths = {"zarr": work / "store.zarr", "hdf5": work / "store.h5",
-                 "pickle": work / "all_data.pkl", "memmap": work / "raw", "memmap-view": work / "raw"}
+                 "pickle": work / "all_data.pkl", "memmap": work / "raw",
+                 "memmap-view": work / "raw"}
         builds = {"zarr": build_store(content, paths["zarr"], "zarr", args.batch),
                   "hdf5": build_store(content, paths["hdf5"], "hdf5", args.batch),
                   "pickle": write_pickle(content, paths["pickle"]),

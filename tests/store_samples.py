@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 CODEBOOK = 1000
-CAPTIONS = ["a person walks forward.\n", "\n", "ünïcødé — 人が歩く 🚶\n", "jumps#jump/VERB#0.0#0.0\n",
-            "last line without newline"]
+CAPTIONS = ["a person walks forward.\n", "\n", "ünïcødé — 人が歩く 🚶\n",
+            "jumps#jump/VERB#0.0#0.0\n", "last line without newline"]
 
 
 def sample(i: int):
@@ -18,5 +18,5 @@ def sample(i: int):
 
 
 def batch(start: int, stop: int):
-    names, codes, texts = zip(*(sample(i) for i in range(start, stop))) if stop > start else ((), (), ())
-    return list(names), list(codes), list(texts)
+    samples = [sample(i) for i in range(start, stop)]
+    return [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples]

@@ -98,6 +98,19 @@ def test_wide_codebook_uses_int32(tmp_path, backend):
         assert store.counts[70000] == 1 and store.counts[[65536, 69999]].tolist() == [1, 1]
 
 
+def test_code_dtype_choices(tmp_path):
+    for given, stored in [(np.int64, np.int64), (np.dtype("int32"), np.int32), ("uint16", np.uint16)]:
+        with TokenStore.create(tmp_path / f"{stored.__name__}.zarr", 512, code_dtype=given) as store:
+            store.append(["a"], [[511]], [[]])
+        with TokenStore.open(tmp_path / f"{stored.__name__}.zarr") as store:
+            assert store.code_dtype == stored and store["a"].codes.dtype == stored
+    for bad in ["float32", "int8", object]:
+        with pytest.raises(StoreError, match="code dtype"):
+            TokenStore.create(tmp_path / "bad.zarr", 512, code_dtype=bad)
+    with pytest.raises(StoreError, match="cannot hold"):
+        TokenStore.create(tmp_path / "bad.zarr", 70000, code_dtype="uint16")
+
+
 def test_select(tmp_path, backend):
     path = build(store_path(tmp_path, backend), backend)
     samples = [sample(i) for i in range(N)]

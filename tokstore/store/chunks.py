@@ -23,7 +23,6 @@ class ChunkedArray:
     def __init__(self, name: str, dtype: np.dtype, length: int, chunk_len: int,
                  load: Callable[[int], np.ndarray], mapped: bool, cache_chunks: int = 32):
         self.name, self.dtype, self.length, self.chunk_len = name, np.dtype(dtype), length, chunk_len
-        self.mapped = mapped
         self._load = load
         self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
         self._recent: deque[int] | None = None if mapped else deque()

@@ -4,7 +4,8 @@ One logical format, two containers (a Zarr v3 group, or one HDF5 file). Every ar
 uncompressed, little-endian and chunked; no variable-length types (they are not portable).
 Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 entries, first 0):
 
-    codes         uint16 if codebook_size <= 65536 else int32   all samples' codes, end to end
+    codes         uint16 if codebook_size <= 65536 else int32 (or as asked at create); all
+                  samples' codes, end to end
     offsets       int64 (n + 1)       sample i's codes are codes[offsets[i]:offsets[i+1]]
     names         uint8               UTF-8 names, end to end
     name_offsets  int64 (n + 1)       sample i's name is names[name_offsets[i]:name_offsets[i+1]]
@@ -31,6 +32,11 @@ the last chunk, so the result is what an uninterrupted run writes) and carries o
 
 `counts` is derived data: the record holds its crc32, and a reader that finds the stored array
 out of step with the record (a crash between the two writes) recomputes it from the codes.
+
+"Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted); commits are
+not fsynced, so what survives a power cut is up to the file system. One writer at a time: it
+holds an flock (zarr: `tokstore.lock` in the directory; HDF5: on the file); remote URLs have no
+lock. Chunks default to 512 KiB, so that a commit rewrites little and a read maps little.
 """
 from __future__ import annotations
 
@@ -61,7 +67,12 @@ def default_code_dtype(codebook_size: int) -> str:
     return "uint16" if codebook_size <= 65536 else "int32"
 
 
-def check_code_dtype(code_dtype: str, codebook_size: int) -> str:
+def check_code_dtype(code_dtype, codebook_size: int) -> str:
+    """The dtype name ("uint16" | "int32" | "int64") for a dtype given in any numpy spelling."""
+    try:
+        code_dtype = np.dtype(code_dtype).name
+    except TypeError:
+        pass
     if code_dtype not in CODE_DTYPES:
         raise StoreError(f"code dtype must be one of {', '.join(CODE_DTYPES)}, not {code_dtype!r}")
     if np.iinfo(code_dtype).max < codebook_size - 1:
@@ -71,7 +82,8 @@ def check_code_dtype(code_dtype: str, codebook_size: int) -> str:
 
 def array_dtypes(code_dtype: str) -> dict[str, np.dtype]:
     """The dtype of every array, counts included, all little-endian."""
-    dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<") for name in ARRAYS}
+    dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<")
+              for name in ARRAYS}
     dtypes["counts"] = np.dtype("<i8")
     return dtypes
 
@@ -98,7 +110,8 @@ def json_safe(meta: dict, what: str = "meta") -> dict:
     try:
         return json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): {exc}") from None
+        raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): "
+                         f"{exc}") from None
 
 
 @dataclass

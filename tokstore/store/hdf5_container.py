@@ -69,7 +69,8 @@ class HDF5Container:
             if not overwrite:
                 raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
             if target.is_dir() or not _is_store_file(target):
-                raise StoreError(f"{path} exists and is not a tokstore HDF5 store: not overwriting it")
+                raise StoreError(f"{path} exists and is not a tokstore HDF5 store: "
+                                 f"not overwriting it")
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -169,9 +170,6 @@ class HDF5Container:
         return info.byte_offset, info.size
 
     # ---- writing -------------------------------------------------------------------------
-    def length(self, name: str) -> int:
-        return self._dataset(name).shape[0]
-
     def write(self, name: str, start: int, values: np.ndarray):
         dataset = self._dataset(name)
         stop = start + len(values)

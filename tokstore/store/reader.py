@@ -27,8 +27,8 @@ class StoreReader:
             self.array(name)
         self.offsets = self.loaded("offsets")
         if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
-            raise StoreCorruptError(f"{container.path}: offsets do not span the {record.lengths['codes']} "
-                                    f"committed codes")
+            raise StoreCorruptError(f"{container.path}: offsets do not span the "
+                                    f"{record.lengths['codes']} committed codes")
         self._codes = self.array("codes")
         self.stale_counts = False  # set when the stored counts array lags the commit record
 
@@ -69,7 +69,8 @@ class StoreReader:
         try:
             return [raw[a - base:b - base].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
         except UnicodeDecodeError as exc:
-            raise StoreCorruptError(f"text: captions of sample {i} are not valid UTF-8: {exc}") from None
+            raise StoreCorruptError(f"text: captions of sample {i} are not valid UTF-8: "
+                                    f"{exc}") from None
 
     # ---- whole-store views ---------------------------------------------------------------
     @property

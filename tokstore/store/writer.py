@@ -74,7 +74,8 @@ class StoreWriter:
         ends["names"] += len(staged["names"])
         ends["text"] += len(staged["text"])
         ends["lines"] += len(lines)
-        self.counts[:self.record.codebook_size] += np.bincount(codes, minlength=self.record.codebook_size)
+        size = self.record.codebook_size
+        self.counts[:size] += np.bincount(codes, minlength=size)
         self.counts[self.record.end_token] += n
         self._add_to_hash_index(hashes, first)
         self._pending_names.extend(names)

@@ -66,10 +66,12 @@ class ZarrContainer:
         if self.dir is not None:
             self._lock()
         for name, dtype in dtypes.items():
-            length = chunk_length(dtype, chunk_bytes) if name != "counts" else record.codebook_size + 2
-            self._group.create_array(name, shape=(0 if name != "counts" else length,),
-                                     chunks=(length,), dtype=dtype, compressors=None,
-                                     filters=None, fill_value=0)
+            if name == "counts":  # fixed size, one chunk
+                shape = chunk = record.codebook_size + 2
+            else:
+                shape, chunk = 0, chunk_length(dtype, chunk_bytes)
+            self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
+                                     compressors=None, filters=None, fill_value=0)
         return self
 
     @classmethod
@@ -119,9 +121,11 @@ class ZarrContainer:
             try:
                 self._group = zarr.open_group(self._target, mode="r+" if self.writable else "r")
             except FileNotFoundError:
-                raise NotAStoreError(f"{self.path} is not a tokstore store (no Zarr group)") from None
+                raise NotAStoreError(f"{self.path} is not a tokstore store (no Zarr group)"
+                                     ) from None
             attrs = self._group.attrs.asdict()
-        return Record.from_dict(attrs.get(RECORD_KEY) if isinstance(attrs, dict) else None, self.path)
+        record = attrs.get(RECORD_KEY) if isinstance(attrs, dict) else None
+        return Record.from_dict(record, self.path)
 
     # ---- reading -------------------------------------------------------------------------
     def array(self, name: str, dtype: np.dtype, length: int) -> ChunkedArray:
@@ -133,7 +137,8 @@ class ZarrContainer:
                 try:
                     mapped = map_file(chunk_file(k))
                 except FileNotFoundError:
-                    raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} is missing") from None
+                    raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} is missing"
+                                            ) from None
                 if mapped is None or len(mapped) != chunk_len * dtype.itemsize:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} has the wrong size")
                 return mapped.view(dtype)
@@ -186,9 +191,6 @@ class ZarrContainer:
         return self._arrays[name]
 
     # ---- writing -------------------------------------------------------------------------
-    def length(self, name: str) -> int:
-        return self._zarr_array(name).shape[0]
-
     def write(self, name: str, start: int, values: np.ndarray):
         array = self._zarr_array(name)
         stop = start + len(values)
