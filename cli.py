@@ -114,7 +114,8 @@ def build(
     device: str = typer.Option("auto", "--device", help="auto (cuda if present) | cpu | cuda[:N]."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (exact) | tf32 | bf16."),
     workers: int = typer.Option(2, "--workers", help="Loader processes (0: load in this one)."),
-    batch_frames: int = typer.Option(32768, "--batch-frames", help="Frames per encoder batch."),
+    batch_frames: int | None = typer.Option(
+        None, "--batch-frames", help="Frames per encoder batch (default 8192 on CPU, 131072 on CUDA)."),
     window: int = typer.Option(4096, "--window", help="Split entries batched together."),
     commit_every: int = typer.Option(50000, "--commit-every", help="Motions between commits."),
     on_error: str = typer.Option("fail", "--on-error", help="fail | skip (and record) bad entries."),
@@ -133,12 +134,13 @@ def build(
     _echo_summary(summary)
 
 
-def _echo_summary(summary) -> None:
-    if summary.rank:
+def _echo_summary(s) -> None:
+    """A BuildSummary: what the store holds, what this run did, what was skipped and why."""
+    if s.rank:
         return  # under torchrun rank 0 speaks for all
-    s = summary
     if s.already_complete:
-        typer.echo(f"{s.store} is already complete: {s.samples} samples, {s.tokens} tokens")
+        typer.echo(f"{s.store} is already complete ({s.samples} samples, {s.tokens} tokens): "
+                   "nothing to do")
     else:
         rate = s.frames / s.seconds if s.seconds else 0.0
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""

@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from contextlib import closing
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +44,9 @@ PROVENANCE = {"checkpoint_sha256": "checkpoint", "model_config": "model config",
               "stats_sha256": "normalization statistics", "crop_policy": "crop policy",
               "precision": "precision"}
 AGREEMENT_SAMPLE = 16  # motions encoded twice to show a reduced precision's agreement with fp32
+# frames per encoder batch by device: CPU convolutions slow down once a batch's activations
+# outgrow the caches (~11k frames/s at 32k frames vs 15-27k at 3-16k, width 512), a GPU fills up
+BATCH_FRAMES = {"cpu": 8192, "cuda": 131072}
 
 
 class BuildError(TokstoreError):
@@ -50,6 +55,10 @@ class BuildError(TokstoreError):
 
 class StaleStoreError(BuildError):
     """The store holds codes made with another checkpoint, model config or statistics."""
+
+
+class LoadFailedError(BuildError):
+    """Under --on-error fail, an entry that passed preflight failed to load (NaN/Inf values)."""
 
 
 def _stderr(message: str) -> None:
@@ -66,7 +75,7 @@ class BuildOptions:
     device: str = "auto"  # auto: cuda if present
     precision: str = "fp32"
     workers: int = 2  # DataLoader processes loading motions; 0 loads in this process
-    batch_frames: int = 32768  # frames per encoder batch (one longer motion goes alone)
+    batch_frames: int | None = None  # frames per encoder batch (None: BATCH_FRAMES by device)
     window: int = 4096  # consecutive split entries loaded, sorted by length and batched together
     commit_every: int = 50_000  # motions; commits happen at the first window end past it
     on_error: str = "fail"
@@ -126,6 +135,8 @@ def build(options: BuildOptions) -> BuildSummary:
     _check_options(options)
     with Ranks.from_env() as ranks:
         device = resolve_device(options.device, ranks.local_rank)
+        if options.batch_frames is None:
+            options = replace(options, batch_frames=BATCH_FRAMES.get(device.type, 131072))
         job, share = ranks.from_leader(lambda: _prepare(options, device, ranks.world))
         if share.done is not None:
             share.done.seconds = time.perf_counter() - started
@@ -141,7 +152,7 @@ def _check_options(options: BuildOptions) -> None:
         if value not in choices:
             raise BuildError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     for name in ("batch_frames", "window", "commit_every"):
-        if getattr(options, name) < 1:
+        if getattr(options, name) is not None and getattr(options, name) < 1:
             raise BuildError(f"{name} must be a positive number, not {getattr(options, name)}")
     if options.workers < 0:
         raise BuildError(f"workers must be 0 or more, not {options.workers}")
@@ -207,7 +218,6 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
             _refuse_stale(existing, provenance)
             progress = existing.meta.get("build", {})
             if progress.get("complete") and progress.get("split_sha256") == split_sha:
-                log(f"{options.store} is already complete ({len(existing)} samples): nothing to do")
                 done = BuildSummary(options.store, len(existing), int(existing.lengths.sum()),
                                     0, 0, existing.meta.get("skipped", []), 0.0,
                                     len(existing), already_complete=True)
@@ -218,8 +228,9 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
     if checked.problems and options.on_error == "fail":
         raise checked.error(limit=1000)
     preflight_skipped = [_skip_record(p.name, p.path, p.reason) for p in checked.problems]
-    for p in checked.problems:
-        log(f"skipping: {p}")
+    if checked.problems:
+        log(f"preflight found {len(checked.problems)} problem(s): skipping those entries "
+            "(recorded in the store, listed at the end)")
     if not checked.entries:
         raise BuildError(f"no motion left to encode: all {len(names)} split entries have problems")
     if options.precision != "fp32":
@@ -293,7 +304,9 @@ def _resume_point(store: TokenStore, entries: list[Entry], preflight_skipped: li
     meta = store.meta
     next_entry = int(meta.get("build", {}).get("next_entry", 0))
     preflight_names = {s["name"] for s in preflight_skipped}
-    load_skipped = [s for s in meta.get("skipped", []) if s["name"] not in preflight_names]
+    split_names = {e.name for e in entries}
+    load_skipped = [s for s in meta.get("skipped", [])
+                    if s["name"] in split_names and s["name"] not in preflight_names]
     failed = {s["name"] for s in load_skipped}
     expected = [e.name for e in entries if e.index_in_split < next_entry and e.name not in failed]
     have = store.names
@@ -310,12 +323,13 @@ def _agreement(model: VQVAE, entries: list[Entry], mean, std, precision: str) ->
     """How many codes of the first few motions the reduced precision gives as fp32 does."""
     equal = total = 0
     sample = entries[:AGREEMENT_SAMPLE]
-    for entry in sample:
-        motion = np.load(entry.motion_path)[:entry.cropped_frames]
-        x = torch.from_numpy(((motion - mean) / std).astype(np.float32))[None].to(model.device)
-        exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
-        equal += int((exact == fast).sum())
-        total += exact.numel()
+    with one_intra_op_thread() if model.device.type == "cpu" else nullcontext():  # as the build
+        for entry in sample:
+            motion = np.load(entry.motion_path)[:entry.cropped_frames]
+            x = torch.from_numpy(((motion - mean) / std).astype(np.float32))[None].to(model.device)
+            exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
+            equal += int((exact == fast).sum())
+            total += exact.numel()
     return (f"precision {precision}: {equal / max(total, 1):.2%} of {total} codes equal to fp32 "
             f"on {len(sample)} motions (only fp32 reproduces the original exactly)")
 
@@ -344,11 +358,10 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
     frames = 0
     items = iter_batches(entries, share.mean, share.std, model.unit_length, options.batch_frames,
                          options.window, options.workers)
-    with closing(items):
-        for item in items:
+    encoded = encode_batches(items, model, options.precision, device)
+    with closing(items), closing(encoded):
+        for item, codes in encoded:
             if isinstance(item, MotionBatch):
-                x = torch.from_numpy(item.motions).to(device, non_blocking=True)
-                codes = model.encode(x, options.precision).cpu().numpy()
                 done.update(zip(item.entry_ids.tolist(), zip(codes, item.texts)))
                 frames += item.motions.shape[0] * item.motions.shape[1]
                 on_batch(len(codes), item.motions.shape[0] * item.motions.shape[1])
@@ -360,6 +373,51 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
                               [done[i][1] for i in ids], failures,
                               entries[item.stop - 1].index_in_split + 1, frames)
                 done, failures, frames = {}, [], 0
+
+
+def encode_batches(items, model: VQVAE, precision: str, device: torch.device):
+    """(item, codes of a MotionBatch or None), in the order of `items`.
+
+    On CPU every batch is encoded with ONE intra-op thread, torch.get_num_threads() batches side
+    by side: splitting one batch's small convolutions across cores scales poorly (and collapses on
+    a busy machine) while whole batches in parallel scale almost linearly (the convolutions release
+    the GIL). It also fixes the codes: fp32 sums can round their last bit differently with another
+    thread count (the original's own codes flip ~1 token in 200,000 between 1 and 2 threads), so
+    a CPU build gives the same codes on any machine size, with any --workers, under torchrun, and
+    equals the original run with one thread."""
+
+    def encode(motions: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(motions).to(device, non_blocking=True)
+        return model.encode(x, precision).cpu().numpy()
+
+    if device.type != "cpu":
+        for item in items:
+            yield item, encode(item.motions) if isinstance(item, MotionBatch) else None
+        return
+    pending: deque = deque()  # (item, future or None), oldest first
+    with one_intra_op_thread() as cores, ThreadPoolExecutor(cores) as pool:
+        for item in items:
+            future = pool.submit(encode, item.motions) if isinstance(item, MotionBatch) else None
+            pending.append((item, future))
+            # hand back what is finished, and wait once 2 batches per core queue behind it
+            while pending and (pending[0][1] is None or pending[0][1].done()
+                               or len(pending) > 2 * cores):
+                item, future = pending.popleft()
+                yield item, future.result() if future else None
+        while pending:
+            item, future = pending.popleft()
+            yield item, future.result() if future else None
+
+
+@contextmanager
+def one_intra_op_thread():
+    """torch ops on one thread inside; yields the thread count they had (the cores to use)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, model: VQVAE,
@@ -378,52 +436,49 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
 
     windows = _encode_windows(model, share, options, device, on_batch)
     encoded = frames = 0
-    try:
-        with closing(windows), bar:
+    with job.store if job else nullcontext(), closing(windows), bar:
+        try:
             for _ in range(share.rounds):
                 gathered = ranks.all_gather(next(windows, None))
                 for rank, window in enumerate(gathered):
                     if window is None:
                         continue
-                    failure = window.failures[0] if window.failures else None
-                    if failure and options.on_error == "fail":
-                        raise BuildError(f"{failure['path']}: {failure['reason']} (found while "
-                                         "loading; committed samples are kept, fix it and re-run "
-                                         "to resume)")
+                    if window.failures and options.on_error == "fail":
+                        failure = window.failures[0]
+                        raise LoadFailedError(
+                            f"{failure['path']}: {failure['reason']} (found while loading; "
+                            "committed samples are kept: fix it and re-run to resume)")
                     encoded += len(window.names)
                     frames += window.frames
                     if job:
                         if rank:
                             motions += len(window.names)
                             bar.update(window.frames)
-                        _append(job, window, options.log)
+                        _append(job, window)
                 if job and job.since_commit >= options.commit_every:
                     _commit(job)
-    except BaseException as exc:
-        if job and job.consistent and not isinstance(exc, StoreError):
-            _commit(job)  # complete windows only: resuming picks up right after them
-            job.store.close()
-        raise
-    if not job:
-        return BuildSummary(options.store, 0, 0, encoded, frames, [],
-                            time.perf_counter() - started, rank=ranks.rank)
-    _commit(job, complete=True)
-    store = job.store
-    summary = BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
-                           store.meta["skipped"], time.perf_counter() - started, job.resumed_from)
-    store.close()
-    return summary
+        except BaseException as exc:
+            if job and job.consistent and not isinstance(exc, StoreError):
+                _commit(job)  # complete windows only: resuming picks up right after them
+            if isinstance(exc, LoadFailedError):  # every rank raises it: let rank 0 commit
+                ranks.barrier()  # before torchrun stops the processes still running
+            raise
+        seconds = time.perf_counter() - started
+        if not job:
+            return BuildSummary(options.store, 0, 0, encoded, frames, [], seconds, rank=ranks.rank)
+        _commit(job, complete=True)
+        store = job.store
+        return BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
+                            store.meta["skipped"], seconds, job.resumed_from)
 
 
-def _append(job: _Job, window: _Window, log) -> None:
+def _append(job: _Job, window: _Window) -> None:
     job.consistent = False
     job.store.append(window.names, window.codes, window.texts)
     job.load_skipped += window.failures
     job.next_entry = window.next_entry
     job.since_commit += len(window.names)
     job.consistent = True
-    for failure in window.failures:
-        log(f"skipping: {failure['path']}: {failure['reason']}")
 
 
 def _commit(job: _Job, complete: bool = False) -> None:

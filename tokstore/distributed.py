@@ -80,6 +80,12 @@ class Ranks:
             raise PeerError(share.message)
         return kept, share
 
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def all_gather(self, obj) -> list:
         """Every rank's `obj`, in rank order, on every rank."""
         if self.world == 1:

@@ -1,0 +1,77 @@
+"""What the build tests share: a tiny dataset and model, running the CLI, reading a store whole."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+import cli
+from tokstore import TokenStore
+from tokstore.demo import save_random_checkpoint
+from tokstore.synthetic import make_dataset
+from vqvae import VQVAEConfig
+
+REPO = Path(__file__).resolve().parent.parent
+# the production shape (FSQ 64000, patcher, LN) at a width that encodes in milliseconds
+TINY = ["--preset", "motionmillion", "--width", "32", "--code-dim", "32", "--output-emb-width", "32"]
+
+
+def tiny_config() -> VQVAEConfig:
+    return VQVAEConfig.from_flags(VQVAEConfig.preset("motionmillion").to_flags() + TINY[2:])
+
+
+def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
+    """(dataset, checkpoint path) in tmp_path."""
+    dataset = make_dataset(tmp_path / "data", n, seed=seed, lengths=lengths)
+    checkpoint = tmp_path / "checkpoint.pth"
+    save_random_checkpoint(checkpoint, tiny_config(), seed)
+    return dataset, checkpoint
+
+
+def build_args(dataset, checkpoint, store, *extra) -> list[str]:
+    return ["build", "--root", str(dataset.root), "--checkpoint", str(checkpoint),
+            "--store", str(store), *TINY, "--workers", "0", *extra]
+
+
+def run_cli(*args):
+    """The CLI in this process; result.output holds stdout and stderr."""
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def subprocess_env() -> dict:
+    # one intra-op thread, as torchrun sets it: on a small shared machine two threads fighting
+    # over busy cores make tiny encoder batches 10-100x slower
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+CLI = [sys.executable, "-m", "cli"]
+
+
+def contents(path) -> dict:
+    """Everything a store holds, read back through the public API."""
+    with TokenStore.open(path) as store:
+        return {
+            "names": store.names,
+            "codes": [store.codes(i).copy() for i in range(len(store))],
+            "dtype": store.code_dtype,
+            "lengths": store.lengths.copy(),
+            "texts": [store.texts(i) for i in range(len(store))],
+            "counts": store.counts.copy(),
+            "skipped": store.meta.get("skipped"),
+            "check": store.check(),
+        }
+
+
+def assert_same_store(a, b) -> None:
+    a, b = contents(a), contents(b)
+    assert a["check"] == [] and b["check"] == []
+    assert a["names"] == b["names"]
+    assert a["dtype"] == b["dtype"]
+    assert np.array_equal(a["lengths"], b["lengths"])
+    assert all(np.array_equal(x, y) for x, y in zip(a["codes"], b["codes"]))
+    assert a["texts"] == b["texts"]
+    assert np.array_equal(a["counts"], b["counts"])
+    assert a["skipped"] == b["skipped"]

@@ -1,0 +1,130 @@
+"""Bad input through `tokstore build`: under --on-error fail a one-line message naming the file and
+the problem, exit 1, and an existing store's committed samples intact; under skip the entry is
+left out, recorded in the store's meta and printed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from build_helpers import build_args, contents, run_cli, tiny_setup
+
+from tokstore.synthetic import corrupt
+
+N = 24
+VICTIM = 17  # in the second half: the first half is already in the store
+# defect -> what the one-line message says
+ENTRY_DEFECTS = {
+    "missing_motion": "missing motion file",
+    "wrong_features": "271 features, expected 272",
+    "nan": "NaN or Inf values",
+    "inf": "NaN or Inf values",
+    "too_short": "1 frames, fewer than one unit (2)",
+    "truncated": "truncated .npy",
+    "unreadable": "unreadable .npy",
+    "missing_caption": "missing caption file",
+    "bad_utf8": "caption file is not valid UTF-8",
+    "duplicate": "duplicate name in split",
+}
+
+
+@pytest.fixture
+def half_built(tmp_path):
+    """A dataset whose store already holds the first half of the split (the split then grew)."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    split = dataset.layout.split_file
+    full = split.read_text()
+    split.write_text("".join(f"{n}\n" for n in dataset.names[:N // 2]))
+    store = tmp_path / "s.zarr"
+    assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+    split.write_text(full)
+    return dataset, checkpoint, store, contents(store)
+
+
+def assert_intact(store, before):
+    after = contents(store)
+    assert after["check"] == []
+    n = len(before["names"])
+    assert after["names"][:n] == before["names"]
+    assert all(np.array_equal(a, b) for a, b in zip(after["codes"], before["codes"]))
+    assert after["texts"][:n] == before["texts"]
+
+
+@pytest.mark.parametrize("defect", ENTRY_DEFECTS)
+def test_fail_names_the_file_and_keeps_the_store(half_built, defect):
+    dataset, checkpoint, store, before = half_built
+    victim = dataset.names[VICTIM]
+    path = corrupt(dataset, defect, victim)
+    result = run_cli(*build_args(dataset, checkpoint, store, "--window", "4"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if str(path) in line]
+    assert lines and ENTRY_DEFECTS[defect] in lines[0]
+    assert_intact(store, before)
+    after = contents(store)
+    if defect in ("nan", "inf"):  # found while loading: the windows before it were committed
+        assert after["names"] == dataset.names[:16]
+        assert "committed samples are kept" in result.output
+    else:  # found by the preflight: nothing encoded
+        assert after["names"] == before["names"]
+        assert "preflight found 1 problem(s)" in result.output
+
+
+@pytest.mark.parametrize("defect", ENTRY_DEFECTS)
+def test_skip_records_and_prints(half_built, defect):
+    dataset, checkpoint, store, before = half_built
+    victim = dataset.names[VICTIM]
+    path = corrupt(dataset, defect, victim)
+    result = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip", "--window", "4"))
+    assert result.exit_code == 0, result.output
+    assert_intact(store, before)
+    after = contents(store)
+    expected = dataset.names if defect == "duplicate" else dataset.names[:VICTIM] + dataset.names[VICTIM + 1:]
+    assert after["names"] == expected
+    [record] = after["skipped"]
+    assert record["name"] == victim and record["path"] == str(path)
+    assert ENTRY_DEFECTS[defect] in record["reason"]
+    assert "skipped 1:" in result.output
+    assert f"  {victim}: {path}: {record['reason']}" in result.output
+    assert np.array_equal(after["counts"][:-2], np.bincount(np.concatenate(after["codes"]),
+                                                            minlength=64000))
+    # the finished build is a no-op that still reports what it skipped
+    again = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip"))
+    assert again.exit_code == 0 and "already complete" in again.output and "skipped 1:" in again.output
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    defects = ["missing_motion", "wrong_features", "too_short", "truncated", "missing_caption",
+               "bad_utf8"]
+    paths = [corrupt(dataset, d, dataset.names[2 + 3 * i]) for i, d in enumerate(defects)]
+    store = tmp_path / "s.zarr"
+    result = run_cli(*build_args(dataset, checkpoint, store))
+    assert result.exit_code == 1
+    assert f"preflight found {len(defects)} problem(s) in {N} split entries" in result.output
+    for path, defect in zip(paths, defects):
+        assert any(str(path) in line and ENTRY_DEFECTS[defect] in line
+                   for line in result.output.splitlines())
+    assert not store.exists()  # nothing encoded, nothing created
+    skip = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip"))
+    assert skip.exit_code == 0
+    assert [s["path"] for s in contents(store)["skipped"]] == [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("defect, message", [
+    ("empty_split", "split is empty"),
+    ("bad_stats", "mean has shape (273,), expected (272,)"),
+])
+def test_errors_that_skipping_cannot_help(half_built, defect, message, on_error):
+    dataset, checkpoint, store, before = half_built
+    path = corrupt(dataset, defect)
+    result = run_cli(*build_args(dataset, checkpoint, store, "--on-error", on_error))
+    assert result.exit_code == 1
+    assert f"{path}: {message}" in result.output
+    assert contents(store)["names"] == before["names"]
+
+
+def test_nothing_left_after_skipping(tmp_path):
+    dataset, checkpoint = tiny_setup(tmp_path, n=2)
+    for name in dataset.names:
+        corrupt(dataset, "missing_caption", name)
+    result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--on-error", "skip"))
+    assert result.exit_code == 1 and "no motion left to encode" in result.output
