@@ -255,11 +255,12 @@ def test_demo(tmp_path):
     result = run_cli("demo", "--dir", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     assert "tokstore build --root" in result.output and "--use_patcher" in result.output
-    assert "samples    48," in result.output
-    assert "codebook   64000 codes, end token 64000, pad token 64001" in result.output
+    assert "samples:      48\n" in result.output
+    assert "codebook:     64000 codes, end token 64000, pad token 64001" in result.output
     with TokenStore.open(tmp_path / "demo" / "store.zarr") as s:
         first = s[0]
-        assert f"example    {first.name!r}: {len(first.codes)} codes: {first.codes[0]} " in result.output
+        assert f"example:      {first.name!r}: {len(first.codes)} codes: {first.codes[0]} " in result.output
+        assert f"tokens:       {int(s.lengths.sum()) + len(s)} " in result.output
         assert f"  caption  {first.texts[0].rstrip()}" in result.output
         assert s.meta["model_config"]["nb_code"] == 65536 and s.meta["model_config"]["width"] == 64
     again = run_cli("demo", "--dir", tmp_path / "demo")

@@ -210,6 +210,8 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
         "precision": options.precision,
         "device": device.type,
         "source_paths": layout.to_dict(),
+        # the statistics themselves, so that decode and verify work without the source files
+        "mean": mean.tolist(), "std": std.tolist(), "stats_dtype": str(mean.dtype),
     }
 
     existing = _open_existing(options.store)

@@ -10,6 +10,7 @@ import torch
 
 from vqvae import VQVAE, VQVAEConfig
 
+from .inspect import render_info, store_info
 from .sources import SourceLayout
 from .store import TokenStore
 from .synthetic import make_dataset
@@ -61,16 +62,10 @@ def save_random_checkpoint(path, config: VQVAEConfig, seed: int = 0) -> None:
 
 
 def describe(store: TokenStore, example: int = 0) -> str:
-    """A few lines saying what a store holds, with one sample's codes and captions."""
-    lengths = store.lengths
+    """What `tokstore info` prints, then one sample's codes and captions."""
     sample = store[example]
     codes = " ".join(map(str, sample.codes[:16].tolist())) + (" ..." if len(sample.codes) > 16 else "")
-    lines = [
-        f"store      {store.path} ({store.backend})",
-        f"samples    {len(store)}, {int(lengths.sum())} tokens, {lengths.min()}-{lengths.max()} per sample",
-        f"codebook   {store.codebook_size} codes, end token {store.end_token}, pad token {store.pad_token}",
-        f"used       {int((store.counts[:store.codebook_size] > 0).sum())} distinct codes",
-        f"example    {sample.name!r}: {len(sample.codes)} codes: {codes}",
-    ]
-    lines += [f"  caption  {line.rstrip()}" for line in sample.texts if line.strip()]
+    lines = [render_info(store_info(store)),
+             f"example:      {sample.name!r}: {len(sample.codes)} codes: {codes}"]
+    lines += [f"  caption     {line.rstrip()}" for line in sample.texts if line.strip()]
     return "\n".join(lines)

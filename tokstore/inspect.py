@@ -35,7 +35,7 @@ def recorded_config(meta: dict):
 
 
 def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarray, np.ndarray]:
-    """The float64 mean/std the build normalized with: explicit files (both or neither), else the
+    """The mean/std the build normalized with: explicit files (both or neither), else the
     values recorded in meta `mean`/`std`, else the files named in meta `source_paths`."""
     from tokstore.sources import load_stats
 
@@ -45,7 +45,8 @@ def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarra
     if mean_file is not None:
         return load_stats(mean_file, std_file, input_dim)
     if meta.get("mean") is not None and meta.get("std") is not None:
-        mean, std = (np.asarray(meta[key], dtype=np.float64) for key in ("mean", "std"))
+        dtype = np.dtype(meta.get("stats_dtype", "float64"))
+        mean, std = (np.asarray(meta[key], dtype=dtype) for key in ("mean", "std"))
         if mean.shape != (input_dim,) or std.shape != (input_dim,) or (std <= 0).any():
             raise InspectError(f"the recorded mean/std are not {input_dim} values with std > 0")
         return mean, std

@@ -20,6 +20,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from vqvae.normalize import normalize
+
 from .errors import PreflightError, SourceError
 
 HUMANML_FEATURES = {"t2m": 263, "kit": 251}
@@ -122,8 +124,9 @@ def read_captions(path) -> list[str]:
 
 
 def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) as float64 arrays of shape (input_dim,). Also rejects NaN/Inf and std <= 0,
-    which would silently turn every normalized motion into garbage."""
+    """(mean, std) of shape (input_dim,), in the files' own float dtype (integers become float64),
+    because the original normalizes with numpy's promotion of whatever it loaded. Also rejects
+    NaN/Inf and std <= 0, which would silently turn every normalized motion into garbage."""
     stats = []
     for kind, path in (("mean", mean_file), ("std", std_file)):
         try:
@@ -136,7 +139,8 @@ def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndar
             raise SourceError(f"{path}: {kind} has shape {arr.shape}, expected ({input_dim},)")
         if arr.dtype.kind not in "fiu":
             raise SourceError(f"{path}: {kind} has dtype {arr.dtype}, expected a float type")
-        arr = arr.astype(np.float64)
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise SourceError(f"{path}: {kind} contains NaN or Inf values")
         stats.append(arr)
@@ -153,17 +157,6 @@ def stats_sha256(mean_file, std_file) -> str:
     for path in (mean_file, std_file):
         outer.update(hashlib.sha256(Path(path).read_bytes()).digest())
     return outer.hexdigest()
-
-
-def normalize(motion: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray | None = None):
-    """(motion - mean) / std in float64 like the original, then float32 (written into `out` if
-    given). Same arithmetic as vqvae.normalize; here so loading does not import the model."""
-    x = np.subtract(motion, mean, dtype=np.float64)
-    np.divide(x, std, out=x)
-    if out is None:
-        return x.astype(np.float32)
-    out[...] = x
-    return out
 
 
 def _reason(exc: Exception) -> str:

@@ -11,12 +11,17 @@ import numpy as np
 from .config import VQVAEError
 
 
-def normalize(motion, mean, std) -> np.ndarray:
-    """(T, D) motion -> (T, D) float32, computed with numpy's promotion of the inputs' dtypes
-    (float64 for the float64 statistics the original stores)."""
+def normalize(motion, mean, std, out: np.ndarray | None = None) -> np.ndarray:
+    """(T, D) motion -> (T, D) float32, computed with numpy's promotion of the inputs' dtypes, as
+    the original's `(motion - mean) / std` is: float64 for the float64 statistics MotionMillion
+    stores, float32 for float32 statistics (HumanML3D's Mean.npy). Written into `out` if given."""
     motion, mean, std = np.asarray(motion), np.asarray(mean), np.asarray(std)
     _check_shapes(motion, mean, std)
-    return ((motion - mean) / std).astype(np.float32)
+    x = (motion - mean) / std
+    if out is None:
+        return x.astype(np.float32)
+    out[...] = x
+    return out
 
 
 def denormalize(x, mean, std) -> np.ndarray:
