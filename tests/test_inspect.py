@@ -245,9 +245,12 @@ def test_verify_names_a_removed_chunk_file(stores, tmp_path):
 
 
 def test_verify_fails_when_counts_disagree_with_the_codes(stores, tmp_path):
-    """One stored count changed in place: the bincount of the codes catches it."""
+    """One stored count of the current counts slot changed in place: the bincount of the codes
+    catches it."""
     path = copy_store(stores(), tmp_path)
-    chunk = path / "counts" / "c" / "0"
+    with TokenStore.open(path) as store:
+        slot = store._record.counts_slot  # a chunk per slot
+    chunk = path / "counts" / "c" / str(slot)
     counts = np.fromfile(chunk, dtype="<i8")
     counts[int(np.argmax(counts))] += 1
     counts.tofile(chunk)

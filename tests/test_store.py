@@ -329,6 +329,7 @@ def rewrite_record(path, backend, change):
     (lambda r: r["lengths"].update(offsets=3), StoreCorruptError, "offsets"),
     (lambda r: r.pop("checksums"), StoreCorruptError, "checksums"),
     (lambda r: r.update(code_dtype="float32"), StoreCorruptError, "code_dtype"),
+    (lambda r: r.update(counts_slot=2), StoreCorruptError, "counts_slot"),
     (lambda r: r["lengths"].update(codes=10**6), StoreCorruptError, "codes"),
 ])
 def test_damaged_or_newer_records(tmp_path, backend, change, error, message):
@@ -389,23 +390,69 @@ def test_check_finds_a_missing_chunk_file(tmp_path):
                 store[i].codes
 
 
-def test_stale_counts_array_is_recomputed(tmp_path, backend):
-    """A writer killed between writing counts and the record leaves counts ahead of the record."""
+class Killed(Exception):
+    """Stands for SIGKILL at one chosen moment of a commit."""
+
+
+def test_commit_cut_short_after_writing_counts_keeps_the_last_commit(tmp_path, backend):
+    """A writer dying after it wrote the new counts but before the record: the record still names
+    the old counts slot, which is intact, so the store is healthy and a resumed writer carries on."""
     path = build(store_path(tmp_path, backend), backend, n=20)
     with TokenStore.open(path) as store:
-        right = store.counts.copy()
-    with TokenStore.open(path, mode="a") as store:
-        store._container.write_counts(right * 2)  # as if the next commit had begun
-        store._container.close()
-        store._closed = True
+        committed = store.counts.copy()
+
+    def die(record):
+        raise Killed
+
+    with pytest.raises(Killed), TokenStore.open(path, mode="a") as store:
+        store.append(*batch(20, 27))
+        store._container.write_record = die
+        store.commit()
     with TokenStore.open(path) as store:
-        assert np.array_equal(store.counts, right)
-        assert [p for p in store.check() if p.startswith("counts:")]  # verify names it
-    with TokenStore.open(path, mode="a"):
-        pass  # a writer repairs the stored array on close
-    with TokenStore.open(path) as store:
-        assert np.array_equal(store.counts, right) and not store._read().stale_counts
+        reader, record = store._read(), store._record
+        cut_short = reader.array("counts").read(*record.counts_span(1 - record.counts_slot))
+        assert cut_short[CODEBOOK] == 27  # the other slot holds the counts of the lost commit
+        assert len(store) == 20 and np.array_equal(store.counts, committed)
         assert store.check() == []
+    with TokenStore.open(path, mode="a") as store:
+        store.append(*batch(20, 27))
+    with TokenStore.open(path) as store:
+        assert len(store) == 27 and store.counts[CODEBOOK] == 27
+        assert store.check() == []
+
+
+def edit_counts_slot(path, backend, slot: int):
+    """Add 1 to one stored count of a counts slot, in place, behind the store's back."""
+    with TokenStore.open(path) as store:
+        entry = int(np.argmax(store.counts))
+        if backend == "zarr":
+            where, offset = path / "counts" / "c" / str(slot), 0
+        else:
+            where, (offset, _) = path, store._container.chunk_location("counts", slot)
+    with open(where, "r+b") as f:
+        f.seek(offset + 8 * entry)
+        value = int.from_bytes(f.read(8), "little")
+        f.seek(offset + 8 * entry)
+        f.write((value + 1).to_bytes(8, "little"))
+
+
+def test_check_finds_a_changed_count_in_the_current_slot(tmp_path, backend):
+    path = build(store_path(tmp_path, backend), backend, n=20)  # three commits: both slots used
+    with TokenStore.open(path) as store:
+        right, slot = store.counts.copy(), store._record.counts_slot
+    edit_counts_slot(path, backend, 1 - slot)  # the slot no commit names: harmless
+    with TokenStore.open(path) as store:
+        assert store.check() == [] and np.array_equal(store.counts, right)
+    edit_counts_slot(path, backend, slot)
+    with TokenStore.open(path) as store:
+        problems = store.check()
+        assert [p.split(" (")[0] for p in problems] == [
+            "counts: checksum mismatch", "counts: the stored array does not match the committed codes"]
+        assert np.array_equal(store.counts, right)  # readers recompute a damaged slot
+    with TokenStore.open(path, mode="a") as store:  # the next commit writes right counts
+        store.append(*batch(20, 21))
+    with TokenStore.open(path) as store:
+        assert store.check() == [] and store.counts[CODEBOOK] == 21
 
 
 def test_hdf5_superblock_checksum():

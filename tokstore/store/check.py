@@ -36,8 +36,12 @@ def _checksums(reader: StoreReader) -> list[str]:
             problems.append(str(exc))
             continue
         if got != want:
-            problems.append(f"{name}: checksum mismatch (commit record {want:08x}, data {got:08x})")
+            problems.append(_mismatch(name, want, got))
     return problems
+
+
+def _mismatch(name: str, want: int, got: int) -> str:
+    return f"{name}: checksum mismatch (commit record {want:08x}, data {got:08x})"
 
 
 def _structure(reader: StoreReader) -> list[str]:
@@ -84,9 +88,11 @@ def _text(reader: StoreReader) -> list[str]:
 
 
 def _counts(reader: StoreReader) -> list[str]:
-    """The stored array itself, not the reader's view (which recomputes a stale array)."""
-    stored = reader.array("counts").read_all()
+    """The stored slot itself, not the reader's view (which recomputes a damaged slot)."""
+    stored, problems = reader.stored_counts(), []
+    want, got = reader.record.checksums["counts"], crc32(stored)
+    if got != want:
+        problems.append(_mismatch("counts", want, got))
     if not np.array_equal(stored, reader.compute_counts()):
-        return ["counts: the stored array does not match the committed codes (damaged, or left"
-                " by a commit that was cut short; opening the store for append rewrites it)"]
-    return []
+        problems.append("counts: the stored array does not match the committed codes")
+    return problems

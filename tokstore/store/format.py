@@ -14,8 +14,9 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
     text          uint8               UTF-8 caption lines, end to end, verbatim ('\\n' kept)
     line_offsets  int64 (lines + 1)   line j is text[line_offsets[j]:line_offsets[j+1]]
     sample_lines  int64 (n + 1)       sample i's lines are lines sample_lines[i]..sample_lines[i+1]-1
-    counts        int64 (codebook_size + 2)  codes 0..K-1, then the end token (once per sample),
-                                      then the pad token (always 0); rewritten at every commit
+    counts        int64 (2 * (codebook_size + 2))  two slots of codebook_size + 2 entries (one
+                                      chunk each): codes 0..K-1, then the end token (once per
+                                      sample), then the pad token (always 0)
 
 The commit record is one JSON object: it names the committed length and the running crc32 of
 every append-only array, the sample count, the static facts (format version, codebook size,
@@ -30,8 +31,12 @@ keeps its committed prefix byte for byte, so a crash at any moment leaves the la
 Reopening for append cuts every array back to its committed length (zeroing the dropped tail of
 the last chunk, so the result is what an uninterrupted run writes) and carries on.
 
-`counts` is derived data: the record holds its crc32, and a reader that finds the stored array
-out of step with the record (a crash between the two writes) recomputes it from the codes.
+`counts` is derived data, rewritten whole at every commit, so it is not append-only: it has two
+slots, and a commit writes the slot its record does not name, then the record naming that slot
+(`counts_slot`) and its crc32. A crash between the two writes leaves the old record naming the
+intact old slot, so the committed counts always match the committed codes; the slot alternates
+with every commit (slot 0 after `create`), so stores built by the same commits are identical.
+A slot that fails its crc32 is damage: `check()` reports it, readers recompute from the codes.
 
 "Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted); commits are
 not fsynced, so what survives a power cut is up to the file system. One writer at a time: it
@@ -122,9 +127,10 @@ class Record:
     code_dtype: str
     samples: int = 0
     lengths: dict = field(default_factory=dict)     # committed length of each append-only array
-    checksums: dict = field(default_factory=dict)   # crc32 per array, and of the counts array
+    checksums: dict = field(default_factory=dict)   # crc32 per array, and of the counts slot
     meta: dict = field(default_factory=dict)
     tokstore_version: str = ""
+    counts_slot: int = 0                            # which half of `counts` this commit wrote
 
     @property
     def end_token(self) -> int:
@@ -134,13 +140,22 @@ class Record:
     def pad_token(self) -> int:
         return self.codebook_size + 1
 
+    @property
+    def counts_length(self) -> int:
+        """Entries in one counts slot: every code, the end token, the pad token."""
+        return self.codebook_size + 2
+
+    def counts_span(self, slot: int) -> tuple[int, int]:
+        """Where counts slot 0 or 1 lies in the `counts` array."""
+        return slot * self.counts_length, (slot + 1) * self.counts_length
+
     @classmethod
     def empty(cls, codebook_size: int, code_dtype: str, meta: dict, version: str) -> "Record":
         lengths = {name: (1 if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
         zero = np.zeros(1, dtype="<i8")
         checksums = {name: (crc32(zero) if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
-        checksums["counts"] = crc32(np.zeros(codebook_size + 2, dtype="<i8"))
-        return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version)
+        checksums["counts"] = crc32(np.zeros(codebook_size + 2, dtype="<i8"))  # slot 0
+        return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
@@ -148,7 +163,8 @@ class Record:
                 "codebook_size": self.codebook_size, "end_token": self.end_token,
                 "pad_token": self.pad_token, "code_dtype": self.code_dtype,
                 "samples": self.samples, "lengths": dict(self.lengths),
-                "checksums": dict(self.checksums), "meta": self.meta}
+                "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
+                "meta": self.meta}
 
     @classmethod
     def from_dict(cls, raw, where: str) -> "Record":
@@ -186,6 +202,9 @@ class Record:
         lengths = {name: integer(raw["lengths"][name], f"length of {name}") for name in ARRAYS}
         checksums = {name: integer(raw["checksums"][name], f"checksum of {name}")
                      for name in (*ARRAYS, "counts")}
+        counts_slot = integer(raw["counts_slot"], "counts_slot")
+        if counts_slot > 1:
+            raise ValueError(f"counts_slot is {counts_slot}, not 0 or 1")
         expected = {"offsets": samples + 1, "name_offsets": samples + 1,
                     "sample_lines": samples + 1, "name_hashes": samples}
         for name, want in expected.items():
@@ -197,7 +216,7 @@ class Record:
         if not isinstance(meta, dict):
             raise ValueError(f"meta is {type(meta).__name__}, not a dict")
         return cls(size, code_dtype, samples, lengths, checksums, meta,
-                   str(raw.get("tokstore_version", "")))
+                   str(raw.get("tokstore_version", "")), counts_slot)
 
 
 def probabilities(counts: np.ndarray) -> np.ndarray:

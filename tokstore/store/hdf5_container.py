@@ -78,8 +78,9 @@ class HDF5Container:
             _lock(fd, path)
             file = h5py.File(target, "w", libver="latest", userblock_size=USERBLOCK, locking=False)
             for name, dtype in dtypes.items():
-                if name == "counts":
-                    file.create_dataset(name, shape=(record.codebook_size + 2,), dtype=dtype)
+                if name == "counts":  # fixed size, two slots of one chunk each
+                    file.create_dataset(name, shape=(2 * record.counts_length,), dtype=dtype,
+                                        chunks=(record.counts_length,), fillvalue=0)
                 else:
                     file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
                                         chunks=(chunk_length(dtype, chunk_bytes),), fillvalue=0)
@@ -141,7 +142,7 @@ class HDF5Container:
         if dataset.dtype != dtype or dataset.ndim != 1 or dataset.shape[0] < length:
             raise StoreCorruptError(f"{name}: HDF5 dataset is {dataset.dtype}{list(dataset.shape)}, "
                                     f"the commit needs {dtype.name}[{length}]")
-        if dataset.chunks is None:  # contiguous (counts): one read through h5py
+        if dataset.chunks is None:  # contiguous (a repacked copy): one read through h5py
             return ChunkedArray(name, dtype, length, max(length, 1),
                                 lambda k: dataset[:length], mapped=False)
         chunk_len = dataset.chunks[0]
@@ -187,9 +188,6 @@ class HDF5Container:
         if chunk_end > length:
             dataset[length:chunk_end] = 0
         dataset.resize((length,))
-
-    def write_counts(self, counts: np.ndarray):
-        self._dataset("counts")[...] = counts
 
     def write_record(self, record: Record):
         """Flush all data and HDF5 metadata, then write the record into the older slot."""

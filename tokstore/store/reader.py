@@ -30,11 +30,10 @@ class StoreReader:
             raise StoreCorruptError(f"{container.path}: offsets do not span the "
                                     f"{record.lengths['codes']} committed codes")
         self._codes = self.array("codes")
-        self.stale_counts = False  # set when the stored counts array lags the commit record
 
     def array(self, name: str):
         if name not in self._arrays:
-            length = self.record.codebook_size + 2 if name == "counts" else self.record.lengths[name]
+            length = 2 * self.record.counts_length if name == "counts" else self.record.lengths[name]
             self._arrays[name] = self._container.array(name, self._dtypes[name], length)
         return self._arrays[name]
 
@@ -122,12 +121,16 @@ class StoreReader:
     @property
     def counts(self) -> np.ndarray:
         if "counts" not in self._loaded:
-            counts = self.array("counts").read_all()
-            if crc32(counts) != self.record.checksums["counts"]:
-                counts, self.stale_counts = self.compute_counts(), True
+            counts = self.stored_counts().copy()  # a copy: a later commit may rewrite the slot
+            if crc32(counts) != self.record.checksums["counts"]:  # damaged (check() says so)
+                counts = self.compute_counts()
             counts.flags.writeable = False
             self._loaded["counts"] = counts
         return self._loaded["counts"]
+
+    def stored_counts(self) -> np.ndarray:
+        """The counts slot the commit record names, as stored (read-only)."""
+        return self.array("counts").read(*self.record.counts_span(self.record.counts_slot))
 
     def compute_counts(self) -> np.ndarray:
         """Counts from the committed codes: codes, one end token per sample, pad 0."""

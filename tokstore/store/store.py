@@ -57,7 +57,6 @@ class TokenStore:
         reader = self._read()  # reads the offsets and checks every array against the record
         if writable:
             self._writer = StoreWriter(container, record, self._dtypes, reader.counts, self._read)
-            self._writer.dirty = reader.stale_counts  # rewrite counts at the next commit
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -84,7 +83,7 @@ class TokenStore:
         try:
             for name in OFFSET_ARRAYS:
                 container.write(name, 0, np.zeros(1, dtypes[name]))
-            container.write_counts(np.zeros(codebook_size + 2, np.int64))
+            container.write("counts", 0, np.zeros(record.counts_length, np.int64))  # slot 0
             container.write_record(record)
             container.start_writing()
             return cls(container, record, writable=True)

@@ -1,5 +1,6 @@
 """Appending samples: validate a whole batch first, buffer it, write it past the commit point,
-then commit by writing the counts and one atomic commit record.
+then commit by writing the counts (into the slot the last commit did not use) and one atomic
+commit record.
 
 A failed `append` changes nothing. Buffered samples go to the container in large pieces (a small
 append would otherwise rewrite the last chunk of every array), at the latest at `commit`.
@@ -183,10 +184,11 @@ class StoreWriter:
 
     def commit(self) -> Record:
         self.flush()
-        self.container.write_counts(self.counts)
+        slot = 1 - self.record.counts_slot  # the committed slot stays intact until the record
+        self.container.write("counts", self.record.counts_span(slot)[0], self.counts)
         checksums = dict(self._crc, counts=crc32(self.counts))
         record = replace(self.record, samples=self.samples, lengths=dict(self._written),
-                         checksums=checksums, meta=dict(self.meta))
+                         checksums=checksums, meta=dict(self.meta), counts_slot=slot)
         self.container.write_record(record)  # the commit point
         self.record, self._pending_names, self.dirty = record, [], False
         return record

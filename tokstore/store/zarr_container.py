@@ -66,8 +66,8 @@ class ZarrContainer:
         if self.dir is not None:
             self._lock()
         for name, dtype in dtypes.items():
-            if name == "counts":  # fixed size, one chunk
-                shape = chunk = record.codebook_size + 2
+            if name == "counts":  # fixed size, two slots of one chunk each
+                shape, chunk = 2 * record.counts_length, record.counts_length
             else:
                 shape, chunk = 0, chunk_length(dtype, chunk_bytes)
             self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
@@ -208,9 +208,6 @@ class ZarrContainer:
         if chunk_end > length:
             array[length:chunk_end] = 0
         array.resize((length,))
-
-    def write_counts(self, counts: np.ndarray):
-        self._zarr_array("counts")[:] = counts
 
     def start_writing(self):
         """Nothing to switch on for zarr (HDF5 enters SWMR mode here)."""
