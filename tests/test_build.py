@@ -261,7 +261,7 @@ def test_demo(tmp_path):
         first = s[0]
         assert f"example:      {first.name!r}: {len(first.codes)} codes: {first.codes[0]} " in result.output
         assert f"tokens:       {int(s.lengths.sum()) + len(s)} " in result.output
-        assert f"  caption  {first.texts[0].rstrip()}" in result.output
+        assert f"  caption     {first.texts[0].rstrip()}" in result.output
         assert s.meta["model_config"]["nb_code"] == 65536 and s.meta["model_config"]["width"] == 64
     again = run_cli("demo", "--dir", tmp_path / "demo")
     assert again.exit_code == 0 and "already complete" in again.output
