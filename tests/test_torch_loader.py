@@ -354,7 +354,7 @@ def test_caption_scan_agrees_with_stripping_every_line(tmp_path, monkeypatch):
     texts = [["".join(rng.choice(pieces, size=rng.integers(0, 4))) + "\n" * int(rng.integers(2))
               for _ in range(rng.integers(0, 4))] for _ in range(300)]
     names, _ = build_store(tmp_path / "c.zarr", count=len(texts), texts=texts)
-    monkeypatch.setattr("tokstore.torch._TEXT_WINDOW", 5)     # many windows, lines across them
+    monkeypatch.setattr("tokstore.store.captions._TEXT_WINDOW", 5)  # many windows, lines across them
     kept = CodeDataset(tmp_path / "c.zarr")
     expected = [name for name, lines in zip(names, texts) if plain_captions(lines)]
     assert 50 < len(expected) < 250

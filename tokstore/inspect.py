@@ -85,18 +85,14 @@ def size_on_disk(path) -> int | None:
 
 def store_info(store) -> dict:
     """Counts, model config and provenance of a store, as one JSON-safe dict."""
-    from tokstore.store.format import FORMAT_VERSION
-
     meta = store.meta
     n_codes = int(store.lengths.sum())
     unit = recorded_config(meta).unit_length if meta.get("model_config") else None
     return {
         "path": str(store.path),
         "backend": store.backend,
-        # TokenStore has no accessor for these two: the format version is the only one the
-        # store package opens, the writer's version sits in the commit record
-        "format_version": FORMAT_VERSION,
-        "written_by": store._record.tokstore_version,
+        "format_version": store.format_version,
+        "written_by": store.written_by,
         "read_by": tokstore.__version__,
         "samples": len(store),
         "codes": n_codes,

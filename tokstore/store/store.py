@@ -6,10 +6,11 @@ import os
 
 import numpy as np
 
+from .captions import captioned
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreError
-from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, OFFSET_ARRAYS, Record, array_dtypes,
-                     check_code_dtype, default_code_dtype, json_safe, probabilities)
+from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, FORMAT_VERSION, OFFSET_ARRAYS, Record,
+                     array_dtypes, check_code_dtype, default_code_dtype, json_safe, probabilities)
 from .hdf5_container import HDF5Container
 from .reader import StoreReader
 from .writer import StoreWriter
@@ -239,6 +240,19 @@ class TokenStore:
     @property
     def meta(self) -> dict:
         return copy.deepcopy(self._writer.meta if self._writer else self._record.meta)
+
+    def captioned(self) -> np.ndarray:
+        """bool per sample: at least one caption line that is not blank (what training keeps)."""
+        return captioned(self._read())
+
+    @property
+    def format_version(self) -> int:
+        return FORMAT_VERSION
+
+    @property
+    def written_by(self) -> str:
+        """The tokstore version that made the last commit."""
+        return self._record.tokstore_version
 
     @property
     def codebook_size(self) -> int:
