@@ -84,7 +84,7 @@ def flags_from_state_dict(state: dict[str, torch.Tensor]) -> dict:
     first = state.get(f"{enc}{1 if flags['use_patcher'] else 0}.weight")
     if first is not None and first.ndim == 3:
         flags["width"], flags["input_dim"], flags["kernel_size"] = first.shape
-    levels = sorted({int(m.group(1)) for k in state if (m := re.match(rf"{enc}(\d+)\.1\.model\.", k))})
+    levels = sorted({int(m.group(1)) for k in state if (m := re.match(re.escape(enc) + r"(\d+)\.1\.model\.", k))})
     flags["down_t"] = len(levels)
     if levels:
         flags["depth"] = len({k.split(".")[6] for k in state if k.startswith(f"{enc}{levels[0]}.1.model.")})
