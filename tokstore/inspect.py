@@ -236,7 +236,9 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
     """Encode K random samples again, one at a time, from their source motions, as the build did
     (crop from frame 0 to whole units, float64 normalization); precision defaults to the build's."""
     import torch
-    from vqvae import file_sha256, normalize
+
+    from tokstore.sources import load_motion
+    from vqvae import file_sha256
 
     meta = store.meta
     motion_dir = (meta.get("source_paths") or {}).get("motion_dir")
@@ -254,11 +256,10 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
         sample = store[i]
         path = Path(motion_dir) / f"{sample.name}.npy"
         try:
-            motion = np.load(path, allow_pickle=False)
+            motion = load_motion(path, unit, mean, std)
         except (OSError, ValueError) as exc:
             raise InspectError(f"cannot re-encode {sample.name!r}: {path}: {exc}") from None
-        motion = motion[:len(motion) // unit * unit]
-        x = torch.from_numpy(normalize(motion, mean, std))[None].to(device)
+        x = torch.from_numpy(motion)[None].to(device)
         fresh = model.encode(x, precision=precision)[0].cpu().numpy().astype(np.int64)
         stored = sample.codes.astype(np.int64)
         overlap = min(len(stored), len(fresh))

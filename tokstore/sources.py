@@ -437,6 +437,13 @@ class _PackedStrings:
         return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
 
 
+def load_motion(path, unit_length: int, mean, std) -> np.ndarray:
+    """One motion as the build encodes it, without the batching: cropped from frame 0 to whole
+    units and normalized, (m, D) float32. For re-encoding a few samples (verify)."""
+    motion = np.load(path, allow_pickle=False)
+    return normalize(motion[:len(motion) // unit_length * unit_length], mean, std)
+
+
 def _read_motion(path: str, shape: tuple, scratch: np.ndarray) -> np.ndarray:
     """The array in a .npy file, read into `scratch` when it is C-ordered float32 (np.load
     allocates fresh memory for every file, which made loading several times slower)."""
