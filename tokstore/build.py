@@ -34,7 +34,7 @@ from vqvae.config import flag_name
 from .distributed import Ranks
 from .errors import TokstoreError
 from .sources import (CROP_POLICY, Entry, LoadFailure, MotionBatch, SourceLayout, iter_batches,
-                      load_stats, preflight, read_split, stats_sha256)
+                      load_motion, load_stats, preflight, read_split, stats_sha256)
 from .store import NotAStoreError, StoreError, TokenStore
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -327,8 +327,8 @@ def _agreement(model: VQVAE, entries: list[Entry], mean, std, precision: str) ->
     sample = entries[:AGREEMENT_SAMPLE]
     with one_intra_op_thread() if model.device.type == "cpu" else nullcontext():  # as the build
         for entry in sample:
-            motion = np.load(entry.motion_path)[:entry.cropped_frames]
-            x = torch.from_numpy(((motion - mean) / std).astype(np.float32))[None].to(model.device)
+            motion = load_motion(entry.motion_path, model.unit_length, mean, std)
+            x = torch.from_numpy(motion)[None].to(model.device)
             exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
             equal += int((exact == fast).sum())
             total += exact.numel()
