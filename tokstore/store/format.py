@@ -76,8 +76,8 @@ def check_code_dtype(code_dtype, codebook_size: int) -> str:
     """The dtype name ("uint16" | "int32" | "int64") for a dtype given in any numpy spelling."""
     try:
         code_dtype = np.dtype(code_dtype).name
-    except TypeError:
-        pass
+    except TypeError:  # not a dtype at all: the check below names it
+        code_dtype = str(code_dtype)
     if code_dtype not in CODE_DTYPES:
         raise StoreError(f"code dtype must be one of {', '.join(CODE_DTYPES)}, not {code_dtype!r}")
     if np.iinfo(code_dtype).max < codebook_size - 1:
