@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import TokstoreError
+from .sources import read_split
 
 HUMANML3D_FPS = 20.0
 KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
@@ -110,19 +111,12 @@ class CodeItem(NamedTuple):
     name: str
 
 
-def _read_split(path: str | os.PathLike) -> list[str]:
-    """Names of a split file, one per line, stripped as the original does; blank lines skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [s for s in (line.strip() for line in f) if s]
-
-
 def _model_unit_length(meta: dict) -> int | None:
-    config = meta.get("model_config") or {}
-    if "unit_length" in config:
-        return int(config["unit_length"])
-    if "down_t" in config:
-        return 2 ** int(config["down_t"])
-    return None
+    """Frames per code of the model the store was built with (None: not recorded)."""
+    from vqvae import VQVAEConfig
+
+    config = meta.get("model_config")
+    return VQVAEConfig.from_dict(config).unit_length if config else None
 
 
 class CodeDataset(Dataset):
@@ -187,7 +181,7 @@ class CodeDataset(Dataset):
             indices = np.arange(len(store), dtype=np.int64)
         if split is None:
             return indices
-        names = _read_split(split)
+        names = read_split(split)
         index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
         missing = [name for name in names if name not in index_of]
         if missing:
