@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 import tokstore
 from tokstore.errors import TokstoreError
-from tokstore.store import NameNotFoundError
 
 
 class InspectError(TokstoreError):
@@ -62,13 +61,6 @@ def load_recorded_model(meta: dict, checkpoint, device: str = "cpu"):
     return load_checkpoint(checkpoint, recorded_config(meta), device=device)
 
 
-def index_of(store, name: str) -> int:
-    try:
-        return store.index_of(name)
-    except NameNotFoundError:
-        raise InspectError(f"no sample named {name!r} in {store.path}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # info / show / ls
 
@@ -113,7 +105,7 @@ def store_info(store) -> dict:
 
 def show_sample(store, name: str) -> dict:
     """Codes and caption lines of one sample (caption lines without their line ends)."""
-    sample = store[index_of(store, name)]
+    sample = store[name]
     return {"name": sample.name, "length": len(sample.codes), "codes": sample.codes.tolist(),
             "texts": [line.rstrip("\r\n") for line in sample.texts]}
 
@@ -195,7 +187,7 @@ def decode_sample(store, name: str, checkpoint, device: str = "cpu", mean_file=N
     original feature space."""
     from vqvae import denormalize
 
-    codes = store.codes(index_of(store, name)).astype(np.int64)
+    codes = store.codes(store.index_of(name)).astype(np.int64)
     mean, std = recorded_stats(store.meta, mean_file, std_file)
     model = load_recorded_model(store.meta, checkpoint, device)
     motion = model.decode(codes[None])[0].cpu().numpy()
