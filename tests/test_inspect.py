@@ -189,6 +189,17 @@ def test_stats_plot_writes_a_png(stores, golden_set, tmp_path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300
 
 
+def test_stats_plot_of_an_imported_store_without_a_model(tmp_path):
+    """A store imported from legacy files records no model: the plot shows usage per code."""
+    pytest.importorskip("matplotlib")
+    store, out = tmp_path / "imported.zarr", tmp_path / "stats.png"
+    cli("import", "--pickle", GOLDEN / "fsq64000" / "expected" / "all_data.pkl",
+        "--codebook-size", 64000, "--store", store)
+    shown = cli("stats", store, "--plot", out).output
+    assert f"active codes: {golden_info('fsq64000')['distinct_codes']} of 64000" in shown
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_fsq_digit_counts_split_each_code_into_its_levels():
     from tokstore.inspect import fsq_digit_counts
 

@@ -171,9 +171,12 @@ def plot_stats(store, out_png) -> None:
     """Write the stats figure: rank-frequency, lengths, usage per FSQ dimension / codebook row."""
     from tokstore.plots import plot_stats as draw
 
-    config = recorded_config(store.meta)
     counts = code_counts(store)
-    per_dimension = fsq_digit_counts(counts, config.fsq_levels) if config.quantizer == "FSQ" else None
+    per_dimension = None  # codebook quantizers, and imported stores that record no model
+    if store.meta.get("model_config"):
+        config = recorded_config(store.meta)
+        if config.quantizer == "FSQ":
+            per_dimension = fsq_digit_counts(counts, config.fsq_levels)
     draw(out_png, counts, store.lengths, per_dimension)
 
 
