@@ -460,3 +460,38 @@ def test_hdf5_superblock_checksum():
     assert hdf5_container.lookup3(b"") == 0xDEADBEEF
     assert hdf5_container.lookup3(b"Four score and seven years ago") == 0x17770551
     assert struct.calcsize("<8sBBBBQQQQI") == 48
+
+
+def test_local_zarr_offsets_are_a_shared_map_of_the_chunk_files(tmp_path):
+    """Page-sized chunks: the whole offsets array is the chunk files mapped end to end (no copy,
+    so DataLoader workers share the pages); a later commit's reader sees the new values."""
+    path = tmp_path / "store.zarr"
+    page = os.sysconf("SC_PAGE_SIZE")
+    n = 3 * page // 8 + 5  # offsets span four chunks, the last one partly committed
+    codes = [np.full(i % 4, i % CODEBOOK) for i in range(n)]
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=page) as store:
+        store.append([f"s{i}" for i in range(n)], codes, [[]] * n)
+    expected = np.concatenate([[0], np.cumsum([len(c) for c in codes])])
+    with TokenStore.open(path) as store:
+        offsets = store._reader.loaded("offsets")
+        assert np.array_equal(offsets, expected) and not offsets.flags.writeable
+        assert not offsets.flags.owndata and offsets.base is not None
+        chunk_files = [np.fromfile(path / "offsets" / "c" / str(k), "<i8") for k in range(4)]
+        assert np.array_equal(offsets, np.concatenate(chunk_files)[:n + 1])
+        assert len(store.names) == n and store.name(n - 1) == f"s{n - 1}"
+    with TokenStore.open(path, mode="a") as store:
+        store.append(["late"], [np.arange(7)], [["x\n"]])
+    with TokenStore.open(path) as store:
+        offsets = store._reader.loaded("offsets")
+        assert len(offsets) == n + 2 and offsets[-1] == expected[-1] + 7
+        assert not offsets.flags.owndata and np.array_equal(offsets[:n + 1], expected)
+        assert store.texts(n) == ["x\n"] and store.check() == []
+
+
+def test_tiny_chunks_fall_back_to_a_read_only_copy(tmp_path):
+    path = build(tmp_path / "store.zarr", "zarr")  # 64-byte chunks: not page-aligned
+    with TokenStore.open(path) as store:
+        offsets = store._reader.loaded("offsets")
+        assert offsets.flags.owndata and not offsets.flags.writeable
+        assert np.array_equal(offsets, np.concatenate([[0], np.cumsum(store.lengths)]))
+        assert_samples(store, 0, N)

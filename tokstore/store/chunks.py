@@ -4,12 +4,18 @@ A container hands over a `load(k)` function returning chunk k as a numpy array: 
 of a memory map where the chunk's bytes sit raw in a file (local zarr chunk files, HDF5 chunks at
 their byte offset), else a copy read through the library. Mapped chunks are all kept (a view
 costs nothing until touched); copies are kept in a small most-recently-used cache.
+
+A container may also hand over `map_whole()`: all chunk files of the committed prefix mapped
+side by side into one address range (see `map_side_by_side`), so that `read_all()` of a whole
+offset array is a view of the page cache, shared by every process reading the store (DataLoader
+workers, DDP ranks), rather than a private concatenated copy in each.
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+import sys
 import weakref
 from collections import deque
 from typing import Callable
@@ -21,9 +27,10 @@ from .errors import StoreCorruptError
 
 class ChunkedArray:
     def __init__(self, name: str, dtype: np.dtype, length: int, chunk_len: int,
-                 load: Callable[[int], np.ndarray], mapped: bool, cache_chunks: int = 32):
+                 load: Callable[[int], np.ndarray], mapped: bool, cache_chunks: int = 32,
+                 map_whole: Callable[[], np.ndarray | None] | None = None):
         self.name, self.dtype, self.length, self.chunk_len = name, np.dtype(dtype), length, chunk_len
-        self._load = load
+        self._load, self._map_whole = load, map_whole
         self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
         self._recent: deque[int] | None = None if mapped else deque()
         self._cache_chunks = cache_chunks
@@ -72,9 +79,16 @@ class ChunkedArray:
             yield start, self.chunk(k)[:min(self.chunk_len, self.length - start)]
 
     def read_all(self) -> np.ndarray:
+        """The whole committed prefix, read-only: one shared map where possible, else a copy."""
         if self.length == 0:
-            return np.zeros(0, self.dtype)
-        return np.concatenate([values for _, values in self.blocks()])
+            return self._empty
+        whole = self._map_whole() if self._map_whole is not None else None
+        if whole is not None:
+            values = whole.view(self.dtype)[:self.length]
+        else:
+            values = np.concatenate([values for _, values in self.blocks()])
+        values.flags.writeable = False
+        return values
 
 
 def map_file(path: str) -> np.ndarray | None:
@@ -101,9 +115,46 @@ def map_file(path: str) -> np.ndarray | None:
     return np.frombuffer(buffer, dtype=np.uint8)
 
 
+def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
+    """Files of `size` bytes each mapped end to end in one address range, as uint8.
+
+    Returns None (the caller copies instead) off Linux, when `size` is not a multiple of the page
+    size, or when any file cannot be mapped or is not `size` bytes (the copy path names the
+    damage). The range is reserved inaccessible first, then each file is mapped over its slot;
+    like `map_file`, each map is private copy-on-write, and no descriptor stays open.
+    """
+    span = len(paths) * size
+    if sys.platform != "linux" or span == 0 or size % mmap.PAGESIZE:
+        return None
+    address = _libc.mmap(None, span, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                         | _MAP_NORESERVE, -1, 0)
+    if address in (None, _MAP_FAILED):
+        return None
+    try:
+        for k, path in enumerate(paths):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if os.fstat(fd).st_size != size:
+                    raise OSError(f"{path} is not {size} bytes")
+                slot = address + k * size
+                mapped = _libc.mmap(slot, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                                    mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
+            finally:
+                os.close(fd)
+            if mapped != slot:
+                raise OSError(f"cannot map {path}")
+    except OSError:
+        _libc.munmap(address, span)
+        return None
+    buffer = (ctypes.c_ubyte * span).from_address(address)
+    weakref.finalize(buffer, _libc.munmap, address, span)  # unmapped with its last view
+    return np.frombuffer(buffer, dtype=np.uint8)
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int64)
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_PROT_NONE, _MAP_FIXED, _MAP_NORESERVE = 0, 0x10, 0x4000  # Linux values, not in Python's mmap

@@ -38,11 +38,10 @@ class StoreReader:
         return self._arrays[name]
 
     def loaded(self, name: str) -> np.ndarray:
-        """A whole committed array in memory, read-only (offsets, hashes)."""
+        """A whole committed array, read-only (offsets, hashes): for a local zarr store, a map of
+        its chunk files that processes share; else a copy in memory."""
         if name not in self._loaded:
-            values = self.array(name).read_all()
-            values.flags.writeable = False
-            self._loaded[name] = values
+            self._loaded[name] = self.array(name).read_all()
         return self._loaded[name]
 
     # ---- one sample ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunks import ChunkedArray, map_file
+from .chunks import ChunkedArray, map_file, map_side_by_side
 from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreLockedError
 from .format import RECORD_KEY, Record, chunk_length
 
@@ -143,7 +143,13 @@ class ZarrContainer:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} has the wrong size")
                 return mapped.view(dtype)
 
-            return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
+            def map_whole() -> np.ndarray | None:
+                chunks = -(-length // chunk_len)
+                return map_side_by_side([chunk_file(k) for k in range(chunks)],
+                                        chunk_len * dtype.itemsize)
+
+            return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True,
+                                map_whole=map_whole)
         array = self._zarr_array(name)
         if np.dtype(array.dtype) != dtype or array.ndim != 1 or array.shape[0] < length:
             raise StoreCorruptError(f"{name}: zarr array is {array.dtype}{list(array.shape)}, "
