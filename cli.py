@@ -82,12 +82,12 @@ def _echo_summary(s) -> None:
     if s.rank:
         return  # under torchrun rank 0 speaks for all
     if s.already_complete:
-        typer.echo(f"{s.store} is already complete ({s.samples} samples, {s.tokens} tokens): "
+        typer.echo(f"{s.store} is already complete ({s.samples} samples, {s.codes} codes): "
                    "nothing to do")
     else:
         rate = s.frames / s.seconds if s.seconds else 0.0
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
-        typer.echo(f"built {s.store}: {s.samples} samples, {s.tokens} tokens; this run encoded "
+        typer.echo(f"built {s.store}: {s.samples} samples, {s.codes} codes; this run encoded "
                    f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
                    f"({rate:,.0f} frames/s)")
     if s.skipped:

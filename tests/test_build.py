@@ -57,9 +57,9 @@ def test_summary_and_provenance(tmp_path):
     store = tmp_path / "s.zarr"
     result = run_cli(*build_args(dataset, checkpoint, store))
     assert result.exit_code == 0, result.output
-    tokens = sum(f // 2 for f in dataset.frames)
-    assert (f"built {store}: 24 samples, {tokens} tokens; this run encoded 24 motions, "
-            f"{2 * tokens} frames in") in result.output
+    codes = sum(f // 2 for f in dataset.frames)
+    assert (f"built {store}: 24 samples, {codes} codes; this run encoded 24 motions, "
+            f"{2 * codes} frames in") in result.output
     with TokenStore.open(store) as s:
         meta = s.meta
     assert meta["model_config"]["width"] == 32 and meta["model_config"]["quantizer"] == "FSQ"

@@ -87,7 +87,7 @@ class BuildOptions:
 class BuildSummary:
     store: str
     samples: int  # in the store now
-    tokens: int  # codes in the store now (end tokens not counted)
+    codes: int  # codes in the store now (the end tokens, one per sample, not counted)
     motions: int  # encoded by this run
     frames: int  # encoded by this run (after cropping)
     skipped: list[dict]  # {name, path, reason} of every split entry left out
