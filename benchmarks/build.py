@@ -172,7 +172,7 @@ def main(argv=None):
           f"{unexplained[:3]}")
     print(f"probabilities identical to the original's computation over those codes: "
           f"{'yes' if same_prob else 'NO'}; store holds {summary.samples} samples, "
-          f"{summary.tokens:,} tokens")
+          f"{summary.codes:,} codes")
     if args.dir is None:
         import shutil
 
