@@ -3,6 +3,6 @@
 __version__ = "0.1.0"
 
 from .errors import TokstoreError  # noqa: E402
-
-__all__ = ["TokstoreError", "__version__"]
 from .store import TokenStore  # noqa: E402
+
+__all__ = ["TokenStore", "TokstoreError", "__version__"]
