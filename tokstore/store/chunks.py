@@ -158,3 +158,26 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _PROT_NONE, _MAP_FIXED, _MAP_NORESERVE = 0, 0x10, 0x4000  # Linux values, not in Python's mmap
+
+
+# ---- writing: zarr arrays and h5py datasets share the calls used here (shape, chunks, resize,
+# slice assignment), so one piece of code serves both containers
+
+def write_growing(array, start: int, values: np.ndarray) -> None:
+    """values into array[start:], growing the 1-D array first if it is too short."""
+    stop = start + len(values)
+    if array.shape[0] < stop:
+        array.resize((stop,))
+    array[start:stop] = values
+
+
+def truncate_chunked(array, length: int) -> None:
+    """Cut a 1-D array back to `length`, zeroing the rest of its last chunk as a fresh write
+    leaves it (so a resumed store ends byte-identical to an uninterrupted one)."""
+    size, chunk_len = array.shape[0], array.chunks[0]
+    if size <= length:
+        return
+    chunk_end = min(size, -(-length // chunk_len) * chunk_len)
+    if chunk_end > length:
+        array[length:chunk_end] = 0
+    array.resize((length,))

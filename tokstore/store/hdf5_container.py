@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunks import ChunkedArray, map_file
+from .chunks import ChunkedArray, map_file, truncate_chunked, write_growing
 from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreLockedError
 from .format import Record, chunk_length
 
@@ -172,22 +172,10 @@ class HDF5Container:
 
     # ---- writing -------------------------------------------------------------------------
     def write(self, name: str, start: int, values: np.ndarray):
-        dataset = self._dataset(name)
-        stop = start + len(values)
-        if dataset.shape[0] < stop:
-            dataset.resize((stop,))
-        dataset[start:stop] = values
+        write_growing(self._dataset(name), start, values)
 
     def truncate(self, name: str, length: int):
-        """Cut back to `length`, zeroing the rest of the last chunk as a fresh write leaves it."""
-        dataset = self._dataset(name)
-        size, chunk_len = dataset.shape[0], dataset.chunks[0]
-        if size <= length:
-            return
-        chunk_end = min(size, -(-length // chunk_len) * chunk_len)
-        if chunk_end > length:
-            dataset[length:chunk_end] = 0
-        dataset.resize((length,))
+        truncate_chunked(self._dataset(name), length)
 
     def write_record(self, record: Record):
         """Flush all data and HDF5 metadata, then write the record into the older slot."""

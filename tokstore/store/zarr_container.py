@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunks import ChunkedArray, map_file, map_side_by_side
+from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
 from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreLockedError
 from .format import RECORD_KEY, Record, chunk_length
 
@@ -198,22 +198,10 @@ class ZarrContainer:
 
     # ---- writing -------------------------------------------------------------------------
     def write(self, name: str, start: int, values: np.ndarray):
-        array = self._zarr_array(name)
-        stop = start + len(values)
-        if array.shape[0] < stop:
-            array.resize((stop,))
-        array[start:stop] = values
+        write_growing(self._zarr_array(name), start, values)
 
     def truncate(self, name: str, length: int):
-        """Cut back to `length`, zeroing the rest of the last chunk as a fresh write leaves it."""
-        array = self._zarr_array(name)
-        size, chunk_len = array.shape[0], array.chunks[0]
-        if size <= length:
-            return
-        chunk_end = min(size, -(-length // chunk_len) * chunk_len)
-        if chunk_end > length:
-            array[length:chunk_end] = 0
-        array.resize((length,))
+        truncate_chunked(self._zarr_array(name), length)
 
     def start_writing(self):
         """Nothing to switch on for zarr (HDF5 enters SWMR mode here)."""
