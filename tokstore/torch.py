@@ -142,6 +142,17 @@ def _model_unit_length(meta: dict) -> int | None:
     return VQVAEConfig.from_dict(config).unit_length if config else None
 
 
+def split_indices(store, split: str | os.PathLike) -> np.ndarray:
+    """Store indices of a split file's names, in its order (LoaderError naming a missing one)."""
+    names = read_split(split)
+    index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
+    missing = [name for name in names if name not in index_of]
+    if missing:
+        raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
+                          f"{store.path}, e.g. {missing[0]!r}")
+    return np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
+
+
 class CodeDataset(Dataset):
     """Item i -> CodeItem(codes, caption, name), read from the store at `store_path`.
 
@@ -210,13 +221,7 @@ class CodeDataset(Dataset):
             indices = np.arange(len(store), dtype=np.int64)
         if split is None:
             return indices
-        names = read_split(split)
-        index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
-        missing = [name for name in names if name not in index_of]
-        if missing:
-            raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
-                              f"{store.path}, e.g. {missing[0]!r}")
-        wanted = np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
+        wanted = split_indices(store, split)
         return wanted[np.isin(wanted, indices)]
 
     def _init_plain(self, store, indices, drop_uncaptioned):
