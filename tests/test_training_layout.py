@@ -6,6 +6,8 @@ with no trailing pad when the row is full.
 """
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from tokstore import TokenStore
 from tokstore.torch import (DROP_FIRST, DROP_LAST, KEEP, CodeDataset, CodeItem, CodeItems,
-                            LoaderError, collate_codes)
+                            LengthBucketSampler, LoaderError, ResumableLoader, collate_codes)
 
 END, PAD, BLOCK = 64000, 64001, 301
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -169,3 +171,36 @@ def test_dataloader_batches_are_motionmillion_rows_of_the_store(store_path):
         seen += batch.names
     assert sorted(seen) == sorted(dataset[i].name for i in range(len(dataset)))
     assert len(seen) == 40                               # 20 of 60 have no caption worth keeping
+
+
+# --------------------------------------------------------------------------- resumable loader
+
+@pytest.mark.parametrize("before, after", [(2, 0), (0, 3), (2, 2)])
+def test_resume_mid_epoch_yields_exactly_the_remaining_samples(store_path, before, after):
+    dataset = CodeDataset(store_path, seed=1)
+
+    def loader(workers):
+        sampler = LengthBucketSampler(dataset.lengths, batch_size=3, pool_batches=2, seed=4)
+        sampler.set_epoch(2)
+        return ResumableLoader(dataset, sampler, num_workers=workers,
+                               multiprocessing_context="fork" if workers else None,
+                               collate_fn=dataset.collator(block_size=BLOCK))
+
+    whole = [batch.names for batch in loader(0)]
+    assert len(whole) == 14 and sorted(sum(whole, [])) == sorted(
+        dataset[i].name for i in range(len(dataset)))
+    first = loader(before)
+    running = iter(first)
+    seen = [next(running).names for _ in range(5)]      # workers have read further ahead
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    del running
+    resumed = loader(after)
+    resumed.load_state_dict(state)
+    assert len(resumed) == 9
+    rest = [batch.names for batch in resumed]
+    assert seen + rest == whole
+    assert resumed.state_dict()["sampler"]["batches_done"] == 14
+    resumed.set_epoch(3)
+    assert len(list(resumed)) == 14                      # the next epoch from its beginning
+    with pytest.raises(LoaderError, match="sampler"):
+        resumed.load_state_dict({"epoch": 2})

@@ -552,3 +552,51 @@ class LengthBucketSampler(Sampler[list[int]]):
                               f"{len(self)} batches")
         self.epoch = int(state["epoch"])
         self._resume_at = self._handed_out = int(state["batches_done"])
+
+
+# --------------------------------------------------------------------------- resumable loader
+
+class ResumableLoader:
+    """A DataLoader over a LengthBucketSampler that can stop mid-epoch and resume with exactly the
+    samples it had not yet handed to the training loop, with any number of workers before and
+    after: the order is the sampler's, made in the main process, and the state counts the batches
+    the loop received, not those the workers had already read ahead. Other DataLoader arguments
+    (num_workers, collate_fn, ...) pass through. Caption and augmentation draws come from
+    per-worker streams, so they are reproducible for one worker count, not across counts.
+    """
+
+    def __init__(self, dataset, batch_sampler: LengthBucketSampler, **loader_args):
+        from torch.utils.data import DataLoader
+
+        if not isinstance(batch_sampler, LengthBucketSampler):
+            raise LoaderError("ResumableLoader needs a LengthBucketSampler (its state_dict holds "
+                              "the epoch's order)")
+        self.batch_sampler = batch_sampler
+        self.loader = DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
+        self._received = 0   # batches of the sampler's epoch the loop has received
+        self._start = 0      # where the next iteration starts (a loaded state)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) - self._start
+
+    def __iter__(self):
+        self._received, self._start = self._start, 0
+        for batch in self.loader:
+            self._received += 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.batch_sampler.epoch:
+            self._start = self._received = 0
+        self.batch_sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.batch_sampler.state_dict(batches_done=self._received)}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            sampler_state = state["sampler"]
+        except (KeyError, TypeError):
+            raise LoaderError("not a ResumableLoader state (no 'sampler' entry)") from None
+        self.batch_sampler.load_state_dict(sampler_state)
+        self._start = self._received = int(sampler_state["batches_done"])
