@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from build_helpers import run_cli
 from tokstore import TokenStore
-from tokstore.motionmillion import MotionMillionDataset, collate_fn, train_loader
+from tokstore.motionmillion import MotionMillionDataset, collate_fn, motionmillion_loader
 from tokstore.torch import LoaderError
 
 CODEBOOK = 64000
@@ -262,9 +262,9 @@ def test_blank_only_captions_and_wrong_codebooks_are_refused(tmp_path):
         MotionMillionDataset(path, text_encoder=t5_like, text_sum_way="max")
 
 
-def test_train_loader_is_motionmillions_dataloader(tmp_path):
+def test_motionmillion_loader_is_motionmillions_dataloader(tmp_path):
     path, _, _ = make_store(tmp_path)
-    loader = train_loader(path, 4, text_encoder=clip_like, text_sum_way="cls",
+    loader = motionmillion_loader(path, 4, text_encoder=clip_like, text_sum_way="cls",
                           codebook_size=CODEBOOK, max_motion_length=400)
     assert loader.drop_last and loader.batch_size == 4
     batch = next(iter(loader))

@@ -199,7 +199,7 @@ def collate_fn(batch):
             pad_stack(masks), torch.stack(text_lengths))
 
 
-def train_loader(store_path, batch_size: int, split=None, clip_model=None,
+def motionmillion_loader(store_path, batch_size: int, split=None, clip_model=None,
                  text_encode: str = "clip", text_sum_way: str | None = None, comp_device="cpu",
                  codebook_size: int | None = None, num_workers: int = 0,
                  **dataset_args) -> DataLoader:
