@@ -204,3 +204,15 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_samples(store_path, befor
     assert len(list(resumed)) == 14                      # the next epoch from its beginning
     with pytest.raises(LoaderError, match="sampler"):
         resumed.load_state_dict({"epoch": 2})
+
+
+def test_batches_pickle_by_value_and_come_back_equal(store_path):
+    dataset = CodeDataset(store_path)
+    batch = dataset.collator(block_size=BLOCK, text_slots=words)(dataset.__getitems__([3, 1, 2]))
+    again = pickle.loads(pickle.dumps(batch))
+    assert type(again) is type(batch) and again.captions == batch.captions
+    assert again.names == batch.names
+    for name in ("tokens", "lengths", "text_lengths"):
+        a, b = getattr(again, name), getattr(batch, name)
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    assert again.lengths.dtype == torch.int64

@@ -338,6 +338,18 @@ class CodeBatch(NamedTuple):
     names: list               # str each, or None where the dataset was asked for no names
     text_lengths: torch.Tensor | None = None  # (B,) int64: text slots before the codes
 
+    def __reduce__(self):
+        """Pickled by value: a DataLoader worker then sends a batch as bytes through its pipe,
+        two to three times faster (at 64 samples a batch) than torch's shared-memory handover,
+        which costs a file descriptor and a map per storage."""
+        return (_unpickled_batch, tuple(
+            field.numpy() if isinstance(field, torch.Tensor) and field.device.type == "cpu"
+            and not field.requires_grad else field for field in self))
+
+
+def _unpickled_batch(*fields) -> CodeBatch:
+    return CodeBatch(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))
+
 
 def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
     """The original's augmentation for `count` samples: with probability 1/3 drop one code, at the
@@ -404,19 +416,21 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
                               f"end token in block_size {block_size}")
         lengths = np.minimum(lengths, block_size - 1 - slots)
     width = block_size if block_size is not None else int((slots + lengths).max(initial=0)) + 1
-    # One gather and one scatter for the whole batch: torch costs microseconds per call.
+    # One gather and one scatter for the whole batch, in numpy: torch costs microseconds per
+    # call, and its indexed assignment a millisecond on a batch (it spins up its thread pool).
     total = int(lengths.sum())
     within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     source = np.repeat(np.cumsum(full) - full + head, lengths) + within
     row_start = np.arange(count) * width + slots
     target = np.repeat(row_start, lengths) + within
     tokens, counts = _batch_tensors(count, width, dtype)
-    tokens.fill_(pad_token)
+    rows = tokens.numpy().reshape(-1)
+    rows.fill(pad_token)
     if total:
         flat = items.codes if batched else torch.cat([item.codes for item in items])
-        tokens.view(-1)[torch.from_numpy(target)] = flat[torch.from_numpy(source)].to(dtype)
-    tokens.view(-1)[torch.from_numpy(row_start + lengths)] = end_token
-    counts.copy_(torch.from_numpy(np.stack([lengths, slots])))
+        rows[target] = flat.numpy()[source]
+    rows[row_start + lengths] = end_token
+    counts.numpy()[:] = (lengths, slots)
     return CodeBatch(tokens, counts[0], list(captions), list(names), counts[1])
 
 
