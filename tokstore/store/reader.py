@@ -114,10 +114,13 @@ class StoreReader:
             starts = np.append(np.searchsorted(sorted_hashes, tops), self.n)
             order = order.astype(np.int32 if self.n < 2**31 else np.int64)
             offsets = self.loaded("name_offsets")
-            views = tuple(memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
-                                     .view(np.uint8)).cast(a.dtype.char)
-                          for a in (sorted_hashes, order, starts.astype(np.int64), offsets))
-            self._loaded["name_index"] = views + (64 - bits, self.array("names"))
+            hashes_view, order_view, offsets_view = (
+                memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+                           .view(np.uint8)).cast(a.dtype.char)
+                for a in (sorted_hashes, order, offsets))
+            # bucket starts as a list (~1 entry per 8 names): its items are ints already
+            self._loaded["name_index"] = (hashes_view, order_view, starts.tolist(), offsets_view,
+                                          64 - bits, self.array("names"))
         return self._loaded["name_index"]
 
     def index_of(self, name: str) -> int:
