@@ -28,7 +28,7 @@ def test_collate_matches_hand_built_layout_with_block_size_crop_and_drops():
     items = [item([5, 6, 7], "walks", "a"), item([8], "runs", "b"),
              item([9, 10, 11, 12, 13, 14], "jumps", "c"), item([1, 2], "sits", "d")]
     batch = collate_codes(items, END, PAD, block_size=5,
-                          drops=[DROP_FIRST, DROP_LAST, DROP_LAST, KEEP])
+                          drops=[DROP_FIRST, DROP_LAST, DROP_LAST, KEEP], layout="t2m-gpt")
     expected = torch.tensor([
         [6, 7, END, PAD, PAD],        # first code dropped
         [8, END, PAD, PAD, PAD],      # a single code is never dropped
@@ -43,7 +43,7 @@ def test_collate_matches_hand_built_layout_with_block_size_crop_and_drops():
 
 
 def test_collate_pads_to_longest_in_batch_without_block_size():
-    batch = collate_codes([item([3, 4]), item([7, 8, 9, 1])], END, PAD)
+    batch = collate_codes([item([3, 4]), item([7, 8, 9, 1])], END, PAD, layout="t2m-gpt")
     assert torch.equal(batch.tokens, torch.tensor([[3, 4, END, PAD, PAD],
                                                    [7, 8, 9, 1, END]]))
     assert batch.lengths.tolist() == [2, 4]
@@ -59,9 +59,9 @@ def test_collator_augmentation_is_seeded_and_has_the_original_odds():
     assert share[DROP_LAST] == pytest.approx(1 / 6, abs=0.02)
 
     items = [item(list(range(10, 20)), name=str(k)) for k in range(60)]
-    first = CodeCollator(END, PAD, block_size=12, augment=True, seed=3)(items)
+    first = CodeCollator(END, PAD, block_size=12, augment=True, seed=3, layout="t2m-gpt")(items)
     again = pickle.loads(pickle.dumps(CodeCollator(END, PAD, block_size=12, augment=True,
-                                                   seed=3)))(items)
+                                                   seed=3, layout="t2m-gpt")))(items)
     assert torch.equal(first.tokens, again.tokens)
     assert set(first.lengths.tolist()) == {9, 10}
     dropped_first = first.tokens[first.lengths == 9][:, 0] == 11
@@ -240,7 +240,7 @@ def test_codes_in_another_dtype(zarr_store):
     dataset = CodeDataset(path, dtype=torch.int32)
     assert dataset[5].codes.dtype == torch.int32
     assert dataset[5].codes.tolist() == codes[5].tolist()
-    batch = dataset.collator(block_size=50)([dataset[5], dataset[6]])
+    batch = dataset.collator(block_size=50, layout="t2m-gpt")([dataset[5], dataset[6]])
     assert batch.tokens.dtype == torch.int32
     assert batch.tokens[0, :len(codes[5]) + 1].tolist() == codes[5].tolist() + [64000]
 
@@ -262,7 +262,7 @@ def test_items_with_spawned_workers(tmp_path):
 def test_batches_cross_as_collated_tensors_from_workers(zarr_store):
     path, names, codes = zarr_store
     dataset = CodeDataset(path, seed=1)
-    collate = dataset.collator(block_size=16, augment=True)
+    collate = dataset.collator(block_size=16, augment=True, layout="t2m-gpt")
 
     def run():
         loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2,
@@ -310,7 +310,8 @@ def test_bucket_sampler_feeds_a_dataloader_per_rank(zarr_store):
     for rank in range(2):
         sampler = LengthBucketSampler(dataset.lengths, batch_size=4, num_replicas=2, rank=rank)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2,
-                            multiprocessing_context="fork", collate_fn=dataset.collator())
+                            multiprocessing_context="fork",
+                            collate_fn=dataset.collator(layout="t2m-gpt"))
         batches = list(loader)
         assert len(batches) == len(sampler) == 3
         for b in batches:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +24,8 @@ from .sources import read_split
 
 HUMANML3D_FPS = 20.0
 KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
+LAYOUT_MOTIONMILLION, LAYOUT_T2M_GPT = "motionmillion", "t2m-gpt"   # see collate_codes
+LAYOUTS = (LAYOUT_MOTIONMILLION, LAYOUT_T2M_GPT)
 
 
 class LoaderError(TokstoreError):
@@ -108,7 +110,28 @@ class _PerProcess:
 class CodeItem(NamedTuple):
     codes: torch.Tensor          # 1-D, the dataset's dtype
     caption: str | list[str]     # one caption drawn at random, or all of them
-    name: str
+    name: str | None             # None when the dataset was made with names=False
+
+
+class CodeItems(Sequence):
+    """A batch of items as `CodeDataset.__getitems__` reads it: every code in one flat tensor,
+    split by `lengths`. It is a sequence of CodeItem for any collate; `collate_codes` uses the
+    flat tensor directly."""
+
+    __slots__ = ("codes", "lengths", "captions", "names", "_ends")
+
+    def __init__(self, codes: torch.Tensor, lengths: np.ndarray, captions: list, names: list):
+        self.codes, self.lengths, self.captions, self.names = codes, lengths, captions, names
+        self._ends = np.cumsum(lengths).tolist()
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        end = self._ends[k]
+        return CodeItem(self.codes[end - int(self.lengths[k]):end], self.captions[k], self.names[k])
 
 
 def _model_unit_length(meta: dict) -> int | None:
@@ -117,6 +140,17 @@ def _model_unit_length(meta: dict) -> int | None:
 
     config = meta.get("model_config")
     return VQVAEConfig.from_dict(config).unit_length if config else None
+
+
+def split_indices(store, split: str | os.PathLike) -> np.ndarray:
+    """Store indices of a split file's names, in its order (LoaderError naming a missing one)."""
+    names = read_split(split)
+    index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
+    missing = [name for name in names if name not in index_of]
+    if missing:
+        raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
+                          f"{store.path}, e.g. {missing[0]!r}")
+    return np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
 
 
 class CodeDataset(Dataset):
@@ -134,7 +168,12 @@ class CodeDataset(Dataset):
     the store's `model_config` meta, else from the argument.
 
     One caption is drawn per call (seedable: `seed`, plus the DataLoader's per-worker seed), or
-    all captions are returned with `all_captions=True`; captions come stripped.
+    all captions are returned with `all_captions=True`; captions come stripped. `names=False`
+    leaves names undecoded (None), which training loops rarely need.
+
+    A DataLoader reads a whole batch through `__getitems__`: offsets gathered at once, codes
+    joined in one flat tensor, names and captions decoded per batch (for the plain caption
+    format; HumanML3D items are read one by one).
 
     `lengths[i]` is item i's code count (for LengthBucketSampler); `end_token` and `pad_token`
     are the store's. The store is opened here to select, then closed: each process that reads
@@ -147,7 +186,7 @@ class CodeDataset(Dataset):
                  drop_uncaptioned: bool = True, caption_format: str = "plain",
                  all_captions: bool = False, fps: float = HUMANML3D_FPS,
                  unit_length: int | None = None, seed: int | None = None,
-                 dtype: torch.dtype = torch.int64):
+                 dtype: torch.dtype = torch.int64, names: bool = True):
         if caption_format not in ("plain", "humanml3d"):
             raise LoaderError(f"caption_format must be 'plain' or 'humanml3d', "
                               f"not {caption_format!r}")
@@ -158,6 +197,7 @@ class CodeDataset(Dataset):
         self.all_captions = all_captions
         self.seed = seed
         self.dtype = dtype
+        self.with_names = names
         self._local = _PerProcess()
         with TokenStore.open(self.store_path) as store:
             self.end_token = int(store.end_token)
@@ -181,13 +221,7 @@ class CodeDataset(Dataset):
             indices = np.arange(len(store), dtype=np.int64)
         if split is None:
             return indices
-        names = read_split(split)
-        index_of = {name: i for i, name in enumerate(store.names)}  # one pass, not one lookup each
-        missing = [name for name in names if name not in index_of]
-        if missing:
-            raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
-                              f"{store.path}, e.g. {missing[0]!r}")
-        wanted = np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
+        wanted = split_indices(store, split)
         return wanted[np.isin(wanted, indices)]
 
     def _init_plain(self, store, indices, drop_uncaptioned):
@@ -250,36 +284,71 @@ class CodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self._sample)
 
+    def _caption(self, captions: list[str], draw: float):
+        if self.all_captions:
+            return captions
+        return captions[int(draw * len(captions))] if captions else ""
+
+    def _tensor(self, codes: np.ndarray) -> torch.Tensor:
+        codes = torch.from_numpy(codes.astype(np.int64))
+        return codes if self.dtype == torch.int64 else codes.to(self.dtype)
+
     def __getitem__(self, item: int) -> CodeItem:
         store, rng = self._opened()
         sample = store[int(self._sample[item])]
-        codes, name = sample.codes, sample.name
+        codes, name = sample.codes, sample.name if self.with_names else None
         if self._captions is None:
             captions = plain_captions(sample.texts)
         else:
             captions, clip = self._captions[item], self._subclips[item]
             if clip is not None:
-                codes, name = codes[clip[0]:clip[1]], name + clip[2]
-        if self.all_captions:
-            caption = captions
-        else:
-            caption = captions[int(rng.random() * len(captions))] if captions else ""
-        codes = torch.from_numpy(codes.astype(np.int64))
-        return CodeItem(codes if self.dtype == torch.int64 else codes.to(self.dtype), caption, name)
+                codes = codes[clip[0]:clip[1]]
+                name = sample.name + clip[2] if self.with_names else None
+        return CodeItem(self._tensor(codes), self._caption(captions, rng.random()), name)
 
-    def collator(self, block_size: int | None = None, augment: bool = False) -> CodeCollator:
-        """The collate for this dataset's tokens (seeded like the dataset)."""
+    def __getitems__(self, items: Sequence[int]) -> CodeItems | list[CodeItem]:
+        """A batch of items (what torch's fetcher asks for): the same items as `self[i]` each,
+        with the same caption draws, read per batch rather than per item."""
+        if self._captions is not None:
+            return [self[i] for i in items]
+        store, rng = self._opened()
+        batch = store.batch(self._sample[np.asarray(items, dtype=np.int64)])
+        draws = rng.random(len(batch.indices)).tolist()
+        captions = [self._caption(plain_captions(lines), draw)
+                    for lines, draw in zip(batch.texts(), draws)]
+        names = batch.names() if self.with_names else [None] * len(captions)
+        return CodeItems(self._tensor(batch.codes), batch.lengths, captions, names)
+
+    def collator(self, block_size: int | None = None, augment: bool = False,
+                 layout: str = LAYOUT_MOTIONMILLION,
+                 text_slots: int | Callable[[str], int] = 1) -> CodeCollator:
+        """The collate for this dataset's tokens (seeded like the dataset); see collate_codes
+        for the layouts. MotionMillion: block_size=301, text_slots 1 (CLIP) or a callable."""
         return CodeCollator(self.end_token, self.pad_token, block_size=block_size,
-                            augment=augment, seed=self.seed, dtype=self.dtype)
+                            augment=augment, seed=self.seed, dtype=self.dtype, layout=layout,
+                            text_slots=text_slots)
 
 
 # --------------------------------------------------------------------------- collate
 
 class CodeBatch(NamedTuple):
-    tokens: torch.Tensor      # (B, L): codes, end token, pad tokens
-    lengths: torch.Tensor     # (B,) int64: number of codes before the end token
+    tokens: torch.Tensor      # (B, L): the rows, in the collate's layout
+    lengths: torch.Tensor     # (B,) int64: number of codes before the end token (m_tokens_len)
     captions: list
-    names: list[str]
+    names: list               # str each, or None where the dataset was asked for no names
+    text_lengths: torch.Tensor | None = None  # (B,) int64: text slots before the codes
+
+    def __reduce__(self):
+        """Pickled by value: a DataLoader worker then sends a batch as bytes through its pipe,
+        two to three times faster (at 64 samples a batch) than torch's shared-memory handover,
+        which costs a file descriptor and a map per storage."""
+        return (_unpickled_batch, tuple(
+            field.numpy() if isinstance(field, torch.Tensor) and field.device.type == "cpu"
+            and not field.requires_grad else field for field in self))
+
+
+def _unpickled_batch(*fields) -> CodeBatch:
+    return CodeBatch(*(torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in fields))
 
 
 def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -291,45 +360,95 @@ def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(drop, np.where(tail, DROP_LAST, DROP_FIRST), KEEP)
 
 
+def _slot_counts(text_slots, captions, count: int) -> np.ndarray:
+    """Text slots per row: a fixed count, or `text_slots(caption)` for each row's caption."""
+    if callable(text_slots):
+        slots = np.fromiter((int(text_slots(c)) for c in captions), dtype=np.int64, count=count)
+    else:
+        slots = np.full(count, int(text_slots), dtype=np.int64)
+    if (slots < 0).any():
+        raise LoaderError(f"text slot counts must not be negative, got {int(slots.min())}")
+    return slots
+
+
 def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
                   block_size: int | None = None, drops: Sequence[int] | None = None,
-                  dtype: torch.dtype = torch.int64) -> CodeBatch:
-    """MotionMillion's training layout: each row is codes, one end token, then pad tokens up to
-    `block_size` (or to the longest row of the batch + its end token when None).
+                  dtype: torch.dtype = torch.int64, layout: str = LAYOUT_MOTIONMILLION,
+                  text_slots: int | Callable[[str], int] = 1) -> CodeBatch:
+    """Rows of codes in one of two layouts, padded to `block_size` (or, when None, to the longest
+    row of the batch):
 
-    `drops[b]` (KEEP / DROP_FIRST / DROP_LAST) applies the augmentation first, as the original
-    does; a one-code sample is never emptied. Codes that do not fit are cropped to their first
-    block_size - 1 so that the end token always fits: the original does not crop (its torch.stack
-    fails on such a row); keeping the head keeps the part the caption starts with.
+    "motionmillion" (MotionMillion's Text2MotionDataset_motionmillion, max_motion_length 301):
+        [pad] * t + codes + [end] + [pad] * (block_size - t - 1 - len(codes))
+      t text slots first, which MotionMillion's LLaMA overwrites with the text feature: a fixed
+      count (1: one CLIP feature, text_sum_way cls/mean/sum) or `text_slots(caption)` per row
+      (a tokenizer-based encoder such as flan-t5 without summing: one slot per text token,
+      MotionMillion cuts at max_text_length 150). A full row has no trailing pad.
+    "t2m-gpt" (T2M-GPT, whose GPT takes the text feature as a separate first position):
+        codes + [end] + [pad] * (block_size - 1 - len(codes))
+
+    `drops[b]` (KEEP / DROP_FIRST / DROP_LAST) applies the augmentation first, as the originals
+    do; a one-code sample is never emptied. Codes that do not fit are cropped to their head so
+    that the end token always fits (the originals do not crop: their torch.stack fails on such a
+    row); keeping the head keeps the part the caption starts with. `lengths` is the code count of
+    each row, `text_lengths` its text slots (0 in the t2m-gpt layout).
     """
+    if layout not in LAYOUTS:
+        raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     count = len(items)
-    full = np.fromiter((item.codes.shape[0] for item in items), dtype=np.int64, count=count)
+    batched = isinstance(items, CodeItems)
+    if batched:
+        full, captions, names = items.lengths, items.captions, items.names
+    else:
+        full = np.fromiter((item.codes.shape[0] for item in items), dtype=np.int64, count=count)
+        captions, names = [item.caption for item in items], [item.name for item in items]
+    if layout == LAYOUT_MOTIONMILLION:
+        slots = _slot_counts(text_slots, captions, count)
+    else:
+        slots = np.zeros(count, dtype=np.int64)
     choice = np.zeros(count, np.int64) if drops is None else np.asarray(drops, np.int64)
     choice = np.where(full > 1, choice, KEEP)
     head = (choice == DROP_FIRST).astype(np.int64)
     lengths = full - (choice != KEEP)
     if block_size is not None:
-        lengths = np.minimum(lengths, block_size - 1)
-    width = block_size if block_size is not None else int(lengths.max(initial=0)) + 1
-    # One gather and one scatter for the whole batch: torch costs microseconds per call.
+        if (slots + 1 > block_size).any():
+            raise LoaderError(f"a row of {int(slots.max())} text slots leaves no room for the "
+                              f"end token in block_size {block_size}")
+        lengths = np.minimum(lengths, block_size - 1 - slots)
+    width = block_size if block_size is not None else int((slots + lengths).max(initial=0)) + 1
+    # One gather and one scatter for the whole batch, in numpy: torch costs microseconds per
+    # call, and its indexed assignment a millisecond on a batch (it spins up its thread pool).
     total = int(lengths.sum())
     within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     source = np.repeat(np.cumsum(full) - full + head, lengths) + within
-    target = np.repeat(np.arange(count) * width, lengths) + within
-    tokens = torch.full((count, width), pad_token, dtype=dtype)
+    row_start = np.arange(count) * width + slots
+    target = np.repeat(row_start, lengths) + within
+    tokens, counts = _batch_tensors(count, width, dtype)
+    rows = tokens.numpy().reshape(-1)
+    rows.fill(pad_token)
     if total:
-        flat = torch.cat([item.codes for item in items])
-        tokens.view(-1)[torch.from_numpy(target)] = flat[torch.from_numpy(source)].to(dtype)
-    lengths = torch.from_numpy(lengths)
-    tokens[torch.arange(count), lengths] = end_token
-    return CodeBatch(tokens, lengths, [item.caption for item in items],
-                     [item.name for item in items])
+        flat = items.codes if batched else torch.cat([item.codes for item in items])
+        rows[target] = flat.numpy()[source]
+    rows[row_start + lengths] = end_token
+    counts.numpy()[:] = (lengths, slots)
+    return CodeBatch(tokens, counts[0], list(captions), list(names), counts[1])
+
+
+def _batch_tensors(count: int, width: int, dtype: torch.dtype):
+    """(tokens (count, width), counts (2, count) int64) in as few storages as the dtypes allow: a
+    DataLoader worker sends each storage to the main process on its own, at a fixed cost that
+    (with 64-sample batches) outweighs reading the samples."""
+    if dtype != torch.int64:
+        return torch.empty((count, width), dtype=dtype), torch.empty((2, count), dtype=torch.int64)
+    buffer = torch.empty(count * width + 2 * count, dtype=torch.int64)
+    return buffer[:count * width].view(count, width), buffer[count * width:].view(2, count)
 
 
 @dataclass
 class CodeCollator:
     """`collate_codes` with fixed tokens and the augmentation drawn from a per-process generator;
-    a plain picklable object so that it runs inside spawned workers too."""
+    a plain picklable object so that it runs inside spawned workers too (a `text_slots`
+    callable must then be picklable: a module-level function, not a lambda)."""
 
     end_token: int
     pad_token: int
@@ -337,11 +456,20 @@ class CodeCollator:
     augment: bool = False
     seed: int | None = None
     dtype: torch.dtype = torch.int64
+    layout: str = LAYOUT_MOTIONMILLION
+    text_slots: int | Callable[[str], int] = 1
 
     def __post_init__(self):
-        if self.block_size is not None and self.block_size < 1:
-            raise LoaderError(f"block_size must be at least 1 (room for the end token), "
-                              f"not {self.block_size}")
+        if self.layout not in LAYOUTS:
+            raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        fixed = 0 if self.layout == LAYOUT_T2M_GPT or callable(self.text_slots) else \
+            self.text_slots
+        if not callable(fixed) and (not isinstance(fixed, (int, np.integer)) or fixed < 0):
+            raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
+                              f"not {self.text_slots!r}")
+        if self.block_size is not None and self.block_size < fixed + 1:
+            raise LoaderError(f"block_size must leave room for {fixed} text slot(s) and the end "
+                              f"token, not {self.block_size}")
         self._local = _PerProcess()
 
     def __call__(self, items: Sequence[CodeItem]) -> CodeBatch:
@@ -352,7 +480,7 @@ class CodeCollator:
                 local["rng"] = _process_rng(self.seed, AUGMENT_STREAM)
             drops = drop_choices(len(items), local["rng"])
         return collate_codes(items, self.end_token, self.pad_token, self.block_size, drops,
-                             self.dtype)
+                             self.dtype, self.layout, self.text_slots)
 
 
 # --------------------------------------------------------------------------- sampler
@@ -449,3 +577,51 @@ class LengthBucketSampler(Sampler[list[int]]):
                               f"{len(self)} batches")
         self.epoch = int(state["epoch"])
         self._resume_at = self._handed_out = int(state["batches_done"])
+
+
+# --------------------------------------------------------------------------- resumable loader
+
+class ResumableLoader:
+    """A DataLoader over a LengthBucketSampler that can stop mid-epoch and resume with exactly the
+    samples it had not yet handed to the training loop, with any number of workers before and
+    after: the order is the sampler's, made in the main process, and the state counts the batches
+    the loop received, not those the workers had already read ahead. Other DataLoader arguments
+    (num_workers, collate_fn, ...) pass through. Caption and augmentation draws come from
+    per-worker streams, so they are reproducible for one worker count, not across counts.
+    """
+
+    def __init__(self, dataset, batch_sampler: LengthBucketSampler, **loader_args):
+        from torch.utils.data import DataLoader
+
+        if not isinstance(batch_sampler, LengthBucketSampler):
+            raise LoaderError("ResumableLoader needs a LengthBucketSampler (its state_dict holds "
+                              "the epoch's order)")
+        self.batch_sampler = batch_sampler
+        self.loader = DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
+        self._received = 0   # batches of the sampler's epoch the loop has received
+        self._start = 0      # where the next iteration starts (a loaded state)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) - self._start
+
+    def __iter__(self):
+        self._received, self._start = self._start, 0
+        for batch in self.loader:
+            self._received += 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.batch_sampler.epoch:
+            self._start = self._received = 0
+        self.batch_sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.batch_sampler.state_dict(batches_done=self._received)}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            sampler_state = state["sampler"]
+        except (KeyError, TypeError):
+            raise LoaderError("not a ResumableLoader state (no 'sampler' entry)") from None
+        self.batch_sampler.load_state_dict(sampler_state)
+        self._start = self._received = int(sampler_state["batches_done"])

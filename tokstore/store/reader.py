@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from bisect import bisect_left
+from hashlib import blake2b
 
 import numpy as np
 
@@ -98,23 +100,48 @@ class StoreReader:
     def name_hashes(self) -> np.ndarray:
         return self.loaded("name_hashes")
 
-    def index_of(self, name: str) -> int:
+    def _name_index(self):
+        """Hashes sorted, the sample of each, and where each value of a hash's top bits starts
+        among them, as memoryviews: a lookup is one bisect within its top-bits bucket (a few
+        compares of Python ints in C), several times cheaper than np.searchsorted on a scalar.
+        Built on the first lookup (an argsort: ~0.1 s per million names), never at open."""
         if "name_index" not in self._loaded:
             hashes = self.name_hashes()
             order = np.argsort(hashes, kind="stable")
-            self._loaded["name_index"] = (hashes[order], order)
-        sorted_hashes, order = self._loaded["name_index"]
+            sorted_hashes = hashes[order]
+            bits = max(1, min(24, int(self.n).bit_length() - 3))   # ~8 hashes a bucket
+            tops = np.arange(2 ** bits, dtype=np.uint64) << np.uint64(64 - bits)
+            starts = np.append(np.searchsorted(sorted_hashes, tops), self.n)
+            order = order.astype(np.int32 if self.n < 2**31 else np.int64)
+            offsets = self.loaded("name_offsets")
+            hashes_view, order_view, offsets_view = (
+                memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+                           .view(np.uint8)).cast(a.dtype.char)
+                for a in (sorted_hashes, order, offsets))
+            # bucket starts as a list (~1 entry per 8 names): its items are ints already
+            self._loaded["name_index"] = (hashes_view, order_view, starts.tolist(), offsets_view,
+                                          64 - bits, self.array("names"))
+        return self._loaded["name_index"]
+
+    def index_of(self, name: str) -> int:
+        """The sample named `name`: one binary search of its blake2b-64 hash (within the bucket
+        of its top bits), then its bytes compared, since hashes may collide."""
+        sorted_hashes, order, starts, bounds, shift, names = self._name_index()
         if isinstance(name, str):
             try:
-                target = name_hashes([name.encode("utf-8")])[0]
+                encoded = name.encode("utf-8")
             except UnicodeEncodeError:
-                target = None
-            if target is not None:
-                first = np.searchsorted(sorted_hashes, target, side="left")
-                last = np.searchsorted(sorted_hashes, target, side="right")
-                for position in range(first, last):
-                    if self.name(int(order[position])) == name:
-                        return int(order[position])
+                encoded = None
+            if encoded is not None:
+                target = int.from_bytes(blake2b(encoded, digest_size=8).digest(), "little")
+                bucket = target >> shift
+                position, end = starts[bucket], starts[bucket + 1]
+                position = bisect_left(sorted_hashes, target, position, end)
+                while position < end and sorted_hashes[position] == target:
+                    i = order[position]
+                    if names.read(bounds[i], bounds[i + 1]).tobytes() == encoded:
+                        return i
+                    position += 1
         raise NameNotFoundError(f"no sample named {name!r} in {self._container.path}")
 
     @property

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from .batch import SampleBatch
 from .captions import captioned
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreError
@@ -198,6 +199,17 @@ class TokenStore:
 
     def codes(self, i) -> np.ndarray:
         return self[i].codes
+
+    def batch(self, indices) -> SampleBatch:
+        """Many samples at once (ints in range): codes joined in one array, names and caption
+        lines decoded only when asked for (see batch.py). What a DataLoader batch reads."""
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise TypeError("a batch is a 1-D sequence of sample indices")
+        indices = indices.astype(np.int64, copy=False)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"sample indices outside [0, {len(self)}) in a batch")
+        return SampleBatch(self._reader or self._read(), indices)
 
     def texts(self, i) -> list[str]:
         return self._read().texts(self._index(i))
