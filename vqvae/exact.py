@@ -270,6 +270,8 @@ class ExactEncoder:
         with self._lock:
             self._margin = self.policy.margin_for(max(measured, self._prior))
             self.checks.margin = max(self.checks.margin, self._margin)
+        for result in results:  # the margin they set travels with them (into a store's meta)
+            result.checks.margin = self._margin
         return results
 
     def close(self) -> None:
