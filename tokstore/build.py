@@ -15,6 +15,7 @@ only writer: the store is the one a single process writes.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from collections import deque
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from vqvae import VQVAE, VQVAEConfig, file_sha256, load_checkpoint
 from vqvae.config import flag_name
-from vqvae.exact import BatchResult, Checks, ExactEncoder, ExactnessError, MarginPolicy, PinnedThreads
+from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, ExactnessError, MarginPolicy,
+                         PinnedThreads)
 
 from .distributed import Ranks
 from .errors import TokstoreError
@@ -69,12 +71,18 @@ class MixedCodesError(BuildError):
 
 
 def encode_mode(device: torch.device, precision: str) -> str:
-    """"exact" where the codes equal the original's by construction (CPU fp32, vqvae.exact),
-    else "inexact <device> <precision>": two inexact modes give different codes too."""
-    return EXACT if device.type == "cpu" and precision == "fp32" else f"inexact {device.type} {precision}"
+    """"exact" where the codes equal the original's by construction (fp32 through vqvae.exact:
+    on CPU, or on CUDA with the CPU re-check), else "inexact <device> <precision>": two inexact
+    modes give different codes too."""
+    exact = precision == "fp32" and device.type in ("cpu", "cuda")
+    return EXACT if exact else f"inexact {device.type} {precision}"
 
 
-def _mode_line(mode: str) -> str:
+def _mode_line(mode: str, device: torch.device) -> str:
+    if mode == EXACT and device.type == "cuda":
+        return ("codes: exact (CUDA fp32 checked on the CPU): every token within a margin of a "
+                "decision boundary, calibrated GPU against CPU at start, is re-encoded by the CPU "
+                "exact path (whole motion, alone, one thread)")
     if mode == EXACT:
         return ("codes: exact (CPU fp32): each motion gets the codes the original gets for it "
                 "alone; batched rows near a decision boundary are re-encoded alone, with a margin "
@@ -280,7 +288,7 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
             "(recorded in the store, listed at the end)")
     if not checked.entries:
         raise BuildError(f"no motion left to encode: all {len(names)} split entries have problems")
-    log(_mode_line(mode))
+    log(_mode_line(mode, device))
     agreement = None
     if mode != EXACT:
         agreement = _agreement(options, model, checked.entries, mean, std)
@@ -453,9 +461,13 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
     items = iter_batches(entries, share.mean, share.std, model.unit_length, options.batch_frames,
                          options.window, options.workers)
     engine = None
-    if share.mode == EXACT:
+    if share.mode == EXACT and device.type == "cpu":
         engine = ExactEncoder(model, share.mean, share.std, torch.get_num_threads(),
                               MARGIN_POLICY, share.prior_deviation)
+    elif share.mode == EXACT:  # hybrid: the device decides, the CPU reference re-checks
+        reference = load_checkpoint(options.checkpoint, options.model, "cpu")
+        engine = ExactEncoder(reference, share.mean, share.std, _recheck_threads(),
+                              MARGIN_POLICY, share.prior_deviation, fast=DeviceFast(model))
     encoded = encode_batches(items, model, options.precision, device, engine=engine,
                              calibration_frames=share.calibration_frames)
     with engine or nullcontext(), closing(items), closing(encoded):
@@ -495,19 +507,20 @@ def encode_batches(items, model: VQVAE, precision: str, device: torch.device,
     across cores scales poorly (and collapses on a busy machine) while whole batches in parallel
     scale almost linearly (the convolutions release the GIL). One thread is also the reference's
     setting: fp32 sums can round their last bit differently with another thread count (the
-    original's own codes flip ~1 token in 200,000 between 1 and 2 threads)."""
+    original's own codes flip ~1 token in 200,000 between 1 and 2 threads).
+
+    A hybrid engine (on CUDA: ExactEncoder(fast=DeviceFast(model))) launches each batch on the
+    device from this thread and re-checks it on the engine's CPU workers; this thread never waits
+    for the device except when handing back the oldest batch, in order."""
     items = iter(items)
-    if device.type != "cpu":
-        for item in items:
-            if isinstance(item, MotionBatch):
-                x = torch.from_numpy(item.motions).to(device, non_blocking=True)
-                yield item, BatchResult(_fast_codes(model, x, precision), Checks())
-            else:
-                yield item, None
+    if device.type != "cpu" and engine is None:  # inexact on a device: its codes as they come
+        yield from _device_batches(items, DeviceFast(model, precision))
         return
     own = engine is None
     threads = PinnedThreads(torch.get_num_threads()) if own else engine.threads
     cores = threads.n
+    # batches in flight: 2 per CPU worker; a hybrid's device batches are large, one per worker
+    in_flight = 2 * cores if engine is None or engine.fast is None else cores + 2
 
     def submit(item) -> Future | None:
         if not isinstance(item, MotionBatch):
@@ -525,7 +538,7 @@ def encode_batches(items, model: VQVAE, precision: str, device: torch.device,
             pending.append((item, submit(item)))
             # hand back what is finished, and wait once 2 batches per core queue behind it
             while pending and (pending[0][1] is None or pending[0][1].done()
-                               or len(pending) > 2 * cores):
+                               or len(pending) > in_flight):
                 item, future = pending.popleft()
                 yield item, future.result() if future else None
         while pending:
@@ -537,6 +550,27 @@ def encode_batches(items, model: VQVAE, precision: str, device: torch.device,
                 future.cancel()
         if own:
             threads.close()
+
+
+def _device_batches(items, fast: DeviceFast, ahead: int = 4):
+    """An inexact device build's (item, BatchResult): batches launched up to `ahead` before their
+    codes are collected, so that the host waits for the device once per batch, behind it."""
+    queue: deque = deque()
+    for item in items:
+        queue.append((item, fast(item.motions) if isinstance(item, MotionBatch) else None))
+        while queue and (queue[0][1] is None or len(queue) > ahead):
+            item, collect = queue.popleft()
+            yield item, BatchResult(collect().codes.numpy(), Checks()) if collect else None
+    while queue:
+        item, collect = queue.popleft()
+        yield item, BatchResult(collect().codes.numpy(), Checks()) if collect else None
+
+
+def _recheck_threads() -> int:
+    """CPU workers for a hybrid build's re-check: this process's share of the machine's cores
+    (torchrun's OMP_NUM_THREADS=1 would leave one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def _calibrated(items, engine: ExactEncoder, frames: int, submit):

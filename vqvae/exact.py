@@ -23,6 +23,7 @@ import dataclasses
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -157,10 +158,16 @@ class ExactEncoder:
     statistics in their own dtypes, for `normalize`. `threads`: a PinnedThreads to run on (shared
     with the caller), or a worker count for one of its own (closed with the encoder).
     `prior_deviation`: the largest deviation an earlier run on this store measured: the margin
-    never goes below what it implies."""
+    never goes below what it implies.
+
+    `fast` (hybrid): a faster inexact encoder, called in the submitting thread with a batch and
+    returning a function that yields its Decision on the host (e.g. DeviceFast: a GPU). Then every
+    batch is decided by `fast` and re-checked by the reference on the pinned CPU workers (every
+    token within the margin, which is calibrated fast-vs-reference), overlapping the fast one."""
 
     def __init__(self, model: VQVAE, mean=None, std=None, threads: PinnedThreads | int = 1,
-                 policy: MarginPolicy = MarginPolicy(), prior_deviation: float = 0.0):
+                 policy: MarginPolicy = MarginPolicy(), prior_deviation: float = 0.0,
+                 fast: Callable[[np.ndarray], Callable[[], Decision]] | None = None):
         if model.device.type != "cpu":
             raise VQVAEError(f"the exact reference runs on the CPU; the model is on {model.device}")
         self.model, self.policy = model, policy
@@ -172,6 +179,7 @@ class ExactEncoder:
         self._prior = float(prior_deviation)
         self._margin: float | None = policy.margin_for(self._prior) if self._prior else None
         self.checks = Checks()
+        self.fast = fast
 
     # ---- normalization and the reference ------------------------------------------------------
 
@@ -206,13 +214,20 @@ class ExactEncoder:
         return self.policy.default if self._margin is None else self._margin
 
     def submit(self, motions: np.ndarray, calibrate: bool = False) -> Future:
-        """encode_batch on a pinned worker; the Future holds its BatchResult."""
-        return self.threads.submit(self._encode_batch, motions, calibrate)
+        """encode_batch on a pinned worker; the Future holds its BatchResult. Hybrid: the fast
+        encoder is launched here, the worker waits for its Decision and re-checks it."""
+        if self.fast is None:
+            return self.threads.submit(self._encode_batch, motions, calibrate)
+        collect = self.fast(motions)
+        return self.threads.submit(self._recheck_fast, motions, collect, calibrate)
+
+    def _recheck_fast(self, motions, collect, calibrate: bool) -> BatchResult:
+        return self.recheck(torch.as_tensor(motions), collect(), calibrate)
 
     def encode_batch(self, motions, calibrate: bool = False) -> BatchResult:
         """(B, m, D) normalized motions -> BatchResult, each row's codes the ones it gets alone.
         `calibrate`: re-encode every row alone and measure (the codes are exact either way)."""
-        if in_one_thread():
+        if in_one_thread() and self.fast is None:
             return self._encode_batch(motions, calibrate)
         return self.submit(motions, calibrate).result()
 
@@ -283,3 +298,65 @@ class ExactEncoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---- the fast side of a hybrid: a model on a GPU --------------------------------------------
+
+
+def row_buckets(rows: int) -> list[int]:
+    """Split `rows` into power-of-two chunk sizes, largest first (37 -> 32, 4, 1): a batch of
+    any size then runs in at most log2(rows) + 1 shapes per length, so kernels picked once per
+    (rows, length) are reused instead of chosen again for every new row count."""
+    sizes = []
+    while rows:
+        size = 1 << (rows.bit_length() - 1)
+        sizes.append(size)
+        rows -= size
+    return sizes
+
+
+class DeviceFast:
+    """A batched fast encoder on `model`'s device for ExactEncoder(fast=...): called with a host
+    batch it launches the work and returns a function that gives the Decision on the host.
+
+    On CUDA: the batch is copied into pinned host memory and to the GPU on a side stream, the
+    encoder runs on the current stream once the copy is done, rows are split into power-of-two
+    buckets, and the Decision comes back with non-blocking copies and one event: the caller is
+    never synchronized, the re-check worker waits on the event. On any other device the same calls
+    run plainly (no pinning, no streams), which is what the CPU tests exercise."""
+
+    def __init__(self, model: VQVAE, precision: str = "fp32", buckets: bool = True):
+        self.model, self.precision, self.buckets = model, precision, buckets
+        self.device = model.device
+        self.cuda = self.device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def __call__(self, motions: np.ndarray) -> Callable[[], Decision]:
+        host = torch.as_tensor(motions)
+        if self.cuda:
+            host = host.pin_memory()
+            with torch.cuda.stream(self._copy_stream):
+                x = host.to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+            x.record_stream(torch.cuda.current_stream(self.device))
+        else:
+            x = host.to(self.device)
+        sizes = row_buckets(len(x)) if self.buckets else [len(x)]
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(self.model.decide(x[start:start + size], self.precision))
+            start += size
+        decision = Decision(*(torch.cat(field) for field in zip(*parts))) if len(parts) > 1 else parts[0]
+        if not self.cuda:
+            on_host = Decision(*(t.to("cpu") for t in decision))
+            return lambda: on_host
+        on_host = Decision(*(t.to("cpu", non_blocking=True) for t in decision))
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+
+        def collect() -> Decision:
+            done.synchronize()  # in the re-check worker: the submitting thread never waits
+            keep = host  # noqa: F841 - the pinned source lives until the copies are done
+            return on_host
+
+        return collect

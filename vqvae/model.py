@@ -193,7 +193,11 @@ class FSQ(nn.Module):
         z = self.project_in(z.transpose(1, 2).contiguous())  # the original packs with torch.cat: a copy
         with _autocast_off(z.device):
             z = z.float()
-            bounded = (z + self._shift).tanh() * self._half_l - self._offset
+            return self.quantize((z + self._shift).tanh() * self._half_l - self._offset)
+
+    def quantize(self, bounded) -> Decision:
+        """(B, T', levels) bounded values -> Decision (the rounding step alone)."""
+        with _autocast_off(bounded.device):
             rounded = bounded.round()
             # round() is exact here, and so is every step below: these are small integers, equal
             # to what the original's float path (divide by half width, scale back, sum) yields.
@@ -251,9 +255,13 @@ class CodebookQuantizer(nn.Module):
         most |dx|, so the nearest row cannot change while |dx| < (sqrt(d2) - sqrt(d1)) / 2, d1 and
         d2 the two smallest squared distances. It is given relative to |x| (deviation measures
         |dx| / |x|), so a token is safe while its relative deviation stays below its slack."""
-        batch, channels = z.shape[0], z.shape[1]
         with _autocast_off(z.device):
-            rows = z.permute(0, 2, 1)
+            return self.quantize(z.permute(0, 2, 1).float())
+
+    def quantize(self, rows) -> Decision:
+        """(B, T', C) encoder output -> Decision (the nearest-row search alone)."""
+        batch, channels = rows.shape[0], rows.shape[2]
+        with _autocast_off(rows.device):
             x = rows.reshape(-1, channels).double()
             c = self.weight.double()
             distance = x.pow(2).sum(1, keepdim=True) - 2 * (x @ c.t()) + c.pow(2).sum(1)
@@ -265,7 +273,7 @@ class CodebookQuantizer(nn.Module):
                 gap = (best[:, 1] - best[:, 0]) / 2
                 norm = x.norm(dim=1)
                 slack = torch.where(norm > 0, gap / norm, torch.where(gap > 0, float("inf"), 0.0))
-        return Decision(codes.view(batch, -1), rows.float(), slack.view(batch, -1))
+        return Decision(codes.view(batch, -1), rows, slack.view(batch, -1))
 
     @staticmethod
     def deviation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -370,6 +378,12 @@ class VQVAE(nn.Module):
             decision = self.vqvae["quantizer"].decide(h)
         # ordinary tensors: inference tensors refuse later in-place edits
         return Decision(*(t.clone() for t in decision))
+
+    def quantize(self, variables: torch.Tensor) -> Decision:
+        """The Decision that decision variables (as Decision.variables) give: how an encoder whose
+        variables moved would decide (tests inject inexact encoders with it)."""
+        with torch.inference_mode():
+            return Decision(*(t.clone() for t in self.vqvae["quantizer"].quantize(variables)))
 
     def deviation(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per token, how far the decision variables `b` lie from `a` (the quantizer's measure)."""
