@@ -370,6 +370,8 @@ def _stored_mode(meta: dict) -> str:
     """The store's exactness mode; stores from before it was recorded: by precision and device."""
     if meta.get("exactness_mode"):
         return meta["exactness_mode"]
+    if meta.get("stats_dtype", "float64") != "float64":  # they normalized its stats in float64
+        return "inexact float64-normalized"
     return encode_mode(torch.device(meta.get("device") or "cpu"), meta.get("precision") or "fp32")
 
 
