@@ -227,8 +227,10 @@ class ExactEncoder:
     def encode_batch(self, motions, calibrate: bool = False) -> BatchResult:
         """(B, m, D) normalized motions -> BatchResult, each row's codes the ones it gets alone.
         `calibrate`: re-encode every row alone and measure (the codes are exact either way)."""
-        if in_one_thread() and self.fast is None:
-            return self._encode_batch(motions, calibrate)
+        if in_one_thread():  # a pinned worker (or a one-thread process): no hand-off needed
+            if self.fast is None:
+                return self._encode_batch(motions, calibrate)
+            return self._recheck_fast(motions, self.fast(motions), calibrate)
         return self.submit(motions, calibrate).result()
 
     def _encode_batch(self, motions, calibrate: bool) -> BatchResult:
