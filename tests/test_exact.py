@@ -271,3 +271,27 @@ def test_a_re_encoded_row_beyond_the_margin_stops_the_build_and_a_re_run_widens_
                               np.load(dataset.layout.mean_file), np.load(dataset.layout.std_file))
     ours = stored_codes(store)
     assert all(np.array_equal(ours[n], original[n]) for n in dataset.names)
+
+
+def test_a_store_from_before_exactness_was_recorded_resumes_only_if_it_was_exact(tmp_path):
+    """Older builds recorded no exactness mode and normalized in float64: with float32 statistics
+    their codes are not the original's, so resuming them as exact is refused."""
+    from build_helpers import tiny_setup
+
+    dataset, checkpoint = tiny_setup(tmp_path)
+    split = dataset.layout.split_file
+    full = split.read_text()
+    split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))
+    for stats_dtype, refused in (("float64", False), ("float32", True)):
+        store = tmp_path / f"{stats_dtype}.zarr"
+        split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))
+        assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+        with TokenStore.open(store, "a") as s:  # as an older build left it
+            s.update_meta({"exactness_mode": None, "mean_dtype": None, "std_dtype": None,
+                           "encoders": None, "stats_dtype": stats_dtype})
+            s.commit()
+        split.write_text(full)
+        result = run_cli(*build_args(dataset, checkpoint, store))
+        assert result.exit_code == int(refused), result.output
+        if refused:
+            assert "holds inexact float64-normalized codes and this run would add exact codes" in result.output

@@ -270,7 +270,7 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
             _refuse_stale(existing, provenance)
             progress = existing.meta.get("build", {})
             complete = progress.get("complete") and progress.get("split_sha256") == split_sha
-            _refuse_mixed(existing, mode, options.allow_mixed_codes)
+            _refuse_mixed(existing, mode, options, device)
             prior = Checks.from_dict(existing.meta.get("exactness"))
             if complete:
                 done = BuildSummary(options.store, len(existing), int(existing.lengths.sum()),
@@ -370,19 +370,21 @@ def _stored_mode(meta: dict) -> str:
     """The store's exactness mode; stores from before it was recorded: by precision and device."""
     if meta.get("exactness_mode"):
         return meta["exactness_mode"]
-    if meta.get("stats_dtype", "float64") != "float64":  # they normalized its stats in float64
+    recorded = meta.get("stats_dtype") or "float64"
+    dtypes = (meta.get("mean_dtype") or recorded, meta.get("std_dtype") or recorded)
+    if np.result_type(np.float32, *dtypes) != np.float64:  # the build then normalized in float64
         return "inexact float64-normalized"
     return encode_mode(torch.device(meta.get("device") or "cpu"), meta.get("precision") or "fp32")
 
 
-def _refuse_mixed(store: TokenStore, mode: str, allow: bool) -> None:
+def _refuse_mixed(store: TokenStore, mode: str, options: BuildOptions, device: torch.device) -> None:
     have = _stored_mode(store.meta)
-    if have == mode or allow:
+    if have == mode or options.allow_mixed_codes:
         return
     raise MixedCodesError(
-        f"{store.path} holds {have} codes and this run would add {mode} codes "
-        f"(precision {store.meta.get('precision')!r} on {store.meta.get('device')!r} in the store, "
-        "now " + mode.removeprefix("inexact ") + "): one store would mix them. Build into a new "
+        f"{store.path} holds {have} codes and this run would add {mode} codes (the store's: "
+        f"precision {store.meta.get('precision')!r} on {store.meta.get('device')!r}; this run's: "
+        f"{options.precision!r} on {device.type!r}): one store would mix them. Build into a new "
         "store, or pass --allow-mixed-codes to resume anyway (the store then records mode 'mixed')")
 
 
