@@ -94,17 +94,17 @@ def test_pinned_threads_run_on_one_thread_and_leave_the_setting_alone():
     torch.set_num_threads(3)
     try:
         seen_by_host_thread = []
-        go, done = threading.Event(), threading.Event()
+        started, go, done = threading.Event(), threading.Event(), threading.Event()
 
         def host_thread():  # a thread of the host process that used torch before
             seen_by_host_thread.append(torch.get_num_threads())
+            started.set()
             go.wait()
             seen_by_host_thread.append(torch.get_num_threads())
             done.set()
 
         threading.Thread(target=host_thread).start()
-        while not seen_by_host_thread:
-            pass
+        started.wait()
         with PinnedThreads(2) as pinned:
             assert torch.get_num_threads() == 3  # restored before the constructor returned
             assert not pinned.held_globally

@@ -345,9 +345,16 @@ class DeviceFast:
             x = host.to(self.device)
         sizes = row_buckets(len(x)) if self.buckets else [len(x)]
         parts, start = [], 0
-        for size in sizes:
-            parts.append(self.model.decide(x[start:start + size], self.precision))
-            start += size
+        # cudnn.benchmark would tune again for every new (rows, length): ~120 lengths x the row
+        # buckets cost more than they save; off for the call (process-global, restored after)
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            for size in sizes:
+                parts.append(self.model.decide(x[start:start + size], self.precision))
+                start += size
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         decision = Decision(*(torch.cat(field) for field in zip(*parts))) if len(parts) > 1 else parts[0]
         if not self.cuda:
             on_host = Decision(*(t.to("cpu") for t in decision))
