@@ -129,3 +129,32 @@ def test_the_reference_encodes_one_motion_on_one_thread():
         alone = np.stack([engine.encode_one(row) for row in x])
         assert np.array_equal(engine.encode_batch(x.numpy()).codes, alone)
         assert np.array_equal(model.encode(x).numpy(), alone)
+
+
+def test_concurrent_encodes_leave_the_thread_setting_as_it_was():
+    """VQVAE.encode makes a short-lived ExactEncoder per call; from many threads at once their
+    one-thread windows must not restore each other's setting."""
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(quantizer="FSQ", nb_code=256, width=16, code_dim=8,
+                              output_emb_width=8, depth=1, down_t=1, input_dim=6))
+    x = torch.randn(2, 8, 6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        expected = model.encode(x)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(model.encode(x)))
+                   for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert torch.get_num_threads() == 3
+        fresh = []  # a thread starting now copies the process-wide count
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert fresh == [3]
+        assert len(results) == 16 and all(torch.equal(r, expected) for r in results)
+    finally:
+        torch.set_num_threads(before)

@@ -92,6 +92,10 @@ class BatchResult:
     checks: Checks
 
 
+# torch's intra-op thread count is process state: PinnedThreads change it only under this lock
+_THREAD_SETTING = threading.Lock()
+
+
 class PinnedThreads:
     """Worker threads whose torch ops each run on ONE intra-op thread, without leaving the
     process's thread setting changed.
@@ -113,23 +117,24 @@ class PinnedThreads:
         self.n = n
         self.held_globally = False
         self._restore_to: int | None = None
-        before = torch.get_num_threads()
         started = threading.Barrier(n + 1)
-        torch.set_num_threads(1)
-        try:
-            self._pool = ThreadPoolExecutor(n, thread_name_prefix="vqvae-exact",
-                                            initializer=torch.get_num_threads)
-            waits = [self._pool.submit(started.wait) for _ in range(n)]  # every worker exists
-            started.wait()
-            for wait in waits:
-                wait.result()
-        finally:
-            torch.set_num_threads(before)
-        seen = {self._pool.submit(torch.get_num_threads).result() for _ in range(n)}
-        if seen != {1}:
-            self.held_globally = True
-            self._restore_to = before
+        with _THREAD_SETTING:  # two windows at once would restore each other's 1
+            before = torch.get_num_threads()
             torch.set_num_threads(1)
+            try:
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="vqvae-exact",
+                                                initializer=torch.get_num_threads)
+                waits = [self._pool.submit(started.wait) for _ in range(n)]  # every worker exists
+                started.wait()
+                for wait in waits:
+                    wait.result()
+            finally:
+                torch.set_num_threads(before)
+            seen = {self._pool.submit(torch.get_num_threads).result() for _ in range(n)}
+            if seen != {1}:
+                self.held_globally = True
+                self._restore_to = before
+                torch.set_num_threads(1)
 
     def submit(self, fn, *args) -> Future:
         return self._pool.submit(fn, *args)
@@ -137,7 +142,8 @@ class PinnedThreads:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._restore_to is not None:
-            torch.set_num_threads(self._restore_to)
+            with _THREAD_SETTING:
+                torch.set_num_threads(self._restore_to)
             self._restore_to = None
 
     def __enter__(self) -> PinnedThreads:
