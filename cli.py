@@ -62,6 +62,9 @@ def build(
     window: int = typer.Option(4096, "--window", help="Split entries batched together."),
     commit_every: int = typer.Option(50000, "--commit-every", help="Motions between commits."),
     on_error: str = typer.Option("fail", "--on-error", help="fail | skip (and record) bad entries."),
+    allow_mixed_codes: bool = typer.Option(
+        False, "--allow-mixed-codes", help="Resume a store whose codes were made exact (CPU fp32) "
+        "with inexact ones, or with another inexact device/precision (recorded as 'mixed')."),
 ):
     from tokstore.build import BuildOptions, build as run_build, model_config
     from tokstore.sources import SourceLayout
@@ -73,7 +76,7 @@ def build(
         summary = run_build(BuildOptions(
             layout, checkpoint, config, store, backend=backend, device=device, precision=precision,
             workers=workers, batch_frames=batch_frames, window=window, commit_every=commit_every,
-            on_error=on_error))
+            on_error=on_error, allow_mixed_codes=allow_mixed_codes))
     _echo_summary(summary)
 
 

@@ -1,7 +1,8 @@
 """A faithful re-creation of the original get-codes step, the baseline the benchmarks measure against.
 
 MotionMillion's train_t2m_get_codes.py feeds the tokenizer one motion at a time (a DataLoader with
-batch size 1 over a dataset that crops and normalizes in numpy float64), calls `net.encode` under
+batch size 1 over a dataset that crops and normalizes in numpy, with the on-disk dtypes of motion
+and statistics: float64 for MotionMillion's statistics, float32 for HumanML3D's), calls `net.encode` under
 no_grad, appends the end token, counts codes with torch.unique and a Python loop, and saves each
 motion's codes. For FSQ, `encode` runs the quantizer's full forward: it also projects back out and
 computes a perplexity through a codebook_size x tokens one-hot matrix, on every motion.
@@ -16,7 +17,8 @@ from vqvae import VQVAE
 
 
 def original_dataset_item(motion: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_length: int) -> torch.Tensor:
-    """What the original DataLoader yields for one motion (crop start 0): a (1, m, D) float64 tensor."""
+    """What the original DataLoader yields for one motion (crop start 0): a (1, m, D) tensor of
+    numpy's promotion of the dtypes given (float64 stats: float64; float32 stats and motion: float32)."""
     frames = len(motion) // unit_length * unit_length
     return torch.from_numpy((motion[:frames] - mean) / std)[None]
 

@@ -22,6 +22,7 @@ batch, so a motion that differs from (a) is checked against the original loop on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -32,12 +33,13 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.baseline import OriginalGetCodes
 from benchmarks.common import Timer, machine
 from tokstore import TokenStore
-from tokstore.build import (BATCH_FRAMES, BuildOptions, build, encode_batches, one_intra_op_thread,
-                            resolve_device)
+from tokstore.build import (BATCH_FRAMES, EXACT, MARGIN_POLICY, BuildOptions, build, encode_batches,
+                            encode_mode, one_intra_op_thread, resolve_device)
 from tokstore.demo import save_random_checkpoint
 from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
 from tokstore.synthetic import make_dataset
 from vqvae import VQVAEConfig, load_checkpoint
+from vqvae.exact import ExactEncoder
 
 VQ_NAME = "VQVAE_codebook_65536_FSQ_all"  # the production code directory's name
 
@@ -135,9 +137,13 @@ def main(argv=None):
         summary = build(options)
     batches = [item for item in loader_items(entries, mean, std, config.unit_length, options)
                if isinstance(item, MotionBatch)]
-    with Timer() as encode_t:  # the build's batch encoder (on CPU: batches side by side)
-        for _ in encode_batches(batches, model, args.precision, device):
-            pass
+    exact = encode_mode(device, args.precision) == EXACT
+    with Timer() as encode_t:  # the build's batch encoder (on CPU: batches side by side, exact)
+        engine = ExactEncoder(model, mean, std, torch.get_num_threads()) if exact else None
+        with engine or contextlib.nullcontext():
+            for _ in encode_batches(batches, model, args.precision, device, engine=engine,
+                                    calibration_frames=MARGIN_POLICY.calibration_frames):
+                pass
         sync()
 
     rows = [("(a) original loop, end to end", base_t), ("(b) tokstore build, end to end", build_t),
@@ -153,6 +159,12 @@ def main(argv=None):
     with TokenStore.open(options.store) as store:
         ours = {name: store[name].codes.astype(np.int32) for name in names}
         our_probs = store.probs()
+        checked = store.meta.get("exactness") or {}
+    if checked.get("margin"):
+        print(f"exactness: margin {checked['margin']:.3g} (measured deviation "
+              f"{checked['measured_deviation']:.3g} on {checked['calibration_tokens']} tokens), "
+              f"{checked['rows_reencoded']} of {len(names)} rows re-encoded alone, "
+              f"{checked['tokens_changed']} tokens changed by re-encoding")
     code_dir = work / "original" / VQ_NAME
     original = {name: np.load(code_dir / f"{name}.npy")[0] for name in names}
     differ = [name for name in names if not np.array_equal(ours[name], original[name])]

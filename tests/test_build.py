@@ -103,7 +103,7 @@ def _other_stats(tmp_path, dataset, checkpoint):
 
 def _other_precision(tmp_path, dataset, checkpoint):
     return (build_args(dataset, checkpoint, tmp_path / "s.zarr", "--precision", "bf16"),
-            "different precision ('fp32' in the store, 'bf16' now)")
+            "holds exact codes and this run would add inexact cpu bf16 codes")
 
 
 @pytest.mark.parametrize("change", [_other_checkpoint, _other_config, _other_stats, _other_precision])
@@ -125,7 +125,8 @@ def test_refuses_a_store_built_differently(tmp_path, change, finished):
     args, message = change(tmp_path, dataset, checkpoint)
     result = run_cli(*args)
     assert result.exit_code == 1
-    assert message in result.output and "stale" in result.output
+    assert message in result.output
+    assert ("--allow-mixed-codes" if change is _other_precision else "stale") in result.output
     after = contents(store)
     assert after["names"] == before["names"] and np.array_equal(after["counts"], before["counts"])
 
@@ -187,9 +188,14 @@ def test_reduced_precision_prints_its_agreement(tmp_path):
     dataset, checkpoint = tiny_setup(tmp_path)
     result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--precision", "bf16"))
     assert result.exit_code == 0, result.output
-    assert "precision bf16: " in result.output and "codes equal to fp32 on 16 motions" in result.output
+    assert "precision bf16 on cpu: " in result.output
+    assert "codes equal to the exact codes on 16 motions" in result.output
+    assert result.output.count("codes: NOT exact (cpu bf16)") == 1
     with TokenStore.open(tmp_path / "s.zarr") as s:
         assert s.meta["precision"] == "bf16" and len(s) == 24
+        assert s.meta["exactness_mode"] == "inexact cpu bf16"
+        agreement = s.meta["exactness"]["agreement"]
+        assert agreement["motions"] == 16 and 0 < agreement["equal"] <= agreement["codes"]
 
 
 def test_model_flags_are_checked(tmp_path):

@@ -15,10 +15,11 @@ only writer: the store is the one a single process writes.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,8 @@ from tqdm import tqdm
 
 from vqvae import VQVAE, VQVAEConfig, file_sha256, load_checkpoint
 from vqvae.config import flag_name
+from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, ExactnessError, MarginPolicy,
+                         PinnedThreads)
 
 from .distributed import Ranks
 from .errors import TokstoreError
@@ -41,8 +44,10 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 ON_ERROR = ("fail", "skip")
 # meta keys that decide the codes: a store made with other values must not be extended
 PROVENANCE = {"checkpoint_sha256": "checkpoint", "model_config": "model config",
-              "stats_sha256": "normalization statistics", "crop_policy": "crop policy",
-              "precision": "precision"}
+              "stats_sha256": "normalization statistics", "crop_policy": "crop policy"}
+# (precision and device decide whether codes are exact: see encode_mode and _refuse_mixed)
+EXACT = "exact"
+MARGIN_POLICY = MarginPolicy()
 AGREEMENT_SAMPLE = 16  # motions encoded twice to show a reduced precision's agreement with fp32
 # frames per encoder batch by device: CPU convolutions slow down once a batch's activations
 # outgrow the caches (~11k frames/s at 32k frames vs 15-27k at 3-16k, width 512), a GPU fills up
@@ -59,6 +64,31 @@ class StaleStoreError(BuildError):
 
 class LoadFailedError(BuildError):
     """Under --on-error fail, an entry that passed preflight failed to load (NaN/Inf values)."""
+
+
+class MixedCodesError(BuildError):
+    """Resuming would mix exact and non-exact codes (or two non-exact kinds) in one store."""
+
+
+def encode_mode(device: torch.device, precision: str) -> str:
+    """"exact" where the codes equal the original's by construction (fp32 through vqvae.exact:
+    on CPU, or on CUDA with the CPU re-check), else "inexact <device> <precision>": two inexact
+    modes give different codes too."""
+    exact = precision == "fp32" and device.type in ("cpu", "cuda")
+    return EXACT if exact else f"inexact {device.type} {precision}"
+
+
+def _mode_line(mode: str, device: torch.device) -> str:
+    if mode == EXACT and device.type == "cuda":
+        return ("codes: exact (CUDA fp32 checked on the CPU): every token within a margin of a "
+                "decision boundary, calibrated GPU against CPU at start, is re-encoded by the CPU "
+                "exact path (whole motion, alone, one thread)")
+    if mode == EXACT:
+        return ("codes: exact (CPU fp32): each motion gets the codes the original gets for it "
+                "alone; batched rows near a decision boundary are re-encoded alone, with a margin "
+                "calibrated on this machine at start")
+    return (f"codes: NOT exact ({mode.removeprefix('inexact ')}): a few tokens may differ from the "
+            "original's; --device cpu --precision fp32 gives exact codes")
 
 
 def _stderr(message: str) -> None:
@@ -80,6 +110,7 @@ class BuildOptions:
     commit_every: int = 50_000  # motions; commits happen at the first window end past it
     on_error: str = "fail"
     progress: bool = True
+    allow_mixed_codes: bool = False  # resume a store whose codes were made in another mode
     log: Callable[[str], None] = field(default=_stderr, repr=False)
 
 
@@ -170,6 +201,10 @@ class _Share:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     done: BuildSummary | None = None
+    mode: str = EXACT
+    prior_deviation: float = 0.0  # the largest deviation earlier runs on the store measured
+    calibration_frames: int = 0
+    exceeded: float = 0.0  # set when this rank's exactness check stopped the build
 
 
 @dataclass
@@ -188,6 +223,11 @@ class _Job:
     next_entry: int  # split index the next window starts at (as far as is appended)
     since_commit: int = 0  # motions appended since the last commit
     consistent: bool = True  # False while an append is under way: never commit then
+    mode: str = EXACT
+    prior_checks: Checks = field(default_factory=Checks)  # what earlier runs recorded
+    checks: Checks = field(default_factory=Checks)  # this run's appended windows
+    share: _Share | None = None  # rank 0's own share (what its exactness check saw)
+    agreement: dict | None = None  # an inexact run's agreement with exact codes
 
 
 def _prepare(options: BuildOptions, device: torch.device, world: int):
@@ -201,6 +241,10 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
     mean, std = load_stats(layout.mean_file, layout.std_file, config.input_dim)
     model = load_checkpoint(options.checkpoint, config, device)
     split_sha = hashlib.sha256(Path(layout.split_file).read_bytes()).hexdigest()
+    mode = encode_mode(device, options.precision)
+    encoder = {"device": device.type, "precision": options.precision, "mode": mode,
+               "torch_version": torch.__version__,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     provenance = {
         "legacy_code_dtype": str(config.code_dtype),
         "model_config": config.to_dict(),
@@ -209,17 +253,26 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
         "crop_policy": CROP_POLICY,
         "precision": options.precision,
         "device": device.type,
+        "torch_version": torch.__version__,
+        "exactness_mode": mode,
+        "encoders": [encoder],  # every distinct device/precision/torch that wrote codes
         "source_paths": layout.to_dict(),
-        # the statistics themselves, so that decode and verify work without the source files
+        # the statistics themselves, so that decode and verify work without the source files,
+        # each with its dtype: normalization follows numpy's promotion of the two
         "mean": mean.tolist(), "std": std.tolist(), "stats_dtype": str(mean.dtype),
+        "mean_dtype": str(mean.dtype), "std_dtype": str(std.dtype),
     }
 
     existing = _open_existing(options.store)
+    prior = Checks()
     if existing is not None:
         with existing:
             _refuse_stale(existing, provenance)
             progress = existing.meta.get("build", {})
-            if progress.get("complete") and progress.get("split_sha256") == split_sha:
+            complete = progress.get("complete") and progress.get("split_sha256") == split_sha
+            _refuse_mixed(existing, mode, options, device)
+            prior = Checks.from_dict(existing.meta.get("exactness"))
+            if complete:
                 done = BuildSummary(options.store, len(existing), int(existing.lengths.sum()),
                                     0, 0, existing.meta.get("skipped", []), 0.0,
                                     len(existing), already_complete=True)
@@ -235,8 +288,13 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
             "(recorded in the store, listed at the end)")
     if not checked.entries:
         raise BuildError(f"no motion left to encode: all {len(names)} split entries have problems")
-    if options.precision != "fp32":
-        log(_agreement(model, checked.entries, mean, std, options.precision))
+    log(_mode_line(mode, device))
+    agreement = None
+    if mode != EXACT:
+        agreement = _agreement(options, model, checked.entries, mean, std)
+        log(f"precision {options.precision} on {device.type}: {agreement['share']:.2%} of "
+            f"{agreement['codes']} codes equal to the exact codes on {agreement['motions']} motions "
+            "(only CPU fp32 reproduces the original exactly)")
 
     if existing is None:
         store = TokenStore.create(options.store, config.codebook_size, options.backend,
@@ -249,18 +307,30 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
         except BaseException:
             store.close()
             raise
-        store.update_meta({"device": device.type, "source_paths": layout.to_dict()})
+        meta = store.meta
+        encoders = meta.get("encoders") or []
+        store.update_meta({"device": device.type, "precision": options.precision,
+                           "torch_version": torch.__version__, "source_paths": layout.to_dict(),
+                           "encoders": encoders + [encoder] * (encoder not in encoders),
+                           "exactness_mode": mode if _stored_mode(meta) == mode else "mixed"})
         log(f"resuming {options.store}: {len(store)} samples committed, continuing at split "
             f"entry {next_entry + 1} of {len(names)}")
 
     todo = [e for e in checked.entries if e.index_in_split >= next_entry]
+    frames_to_do = sum(e.cropped_frames for e in todo)
     job = _Job(store, model, preflight_skipped, load_skipped,
                {name: i for i, name in reversed(list(enumerate(names)))}, split_sha, len(names),
-               sum(e.cropped_frames for e in todo), len(store), next_entry)
+               frames_to_do, len(store), next_entry, mode=mode, prior_checks=prior,
+               agreement=agreement)
     windows = [todo[i:i + options.window] for i in range(0, len(todo), options.window)]
     rounds = -(-len(windows) // world)
-    shares = [_Share([e for w in windows[rank::world] for e in w], rounds, mean, std)
+    # calibrate on ~1/64 of the work (the sample is encoded twice), within the policy's budget
+    calibration = min(MARGIN_POLICY.calibration_frames, max(2048, frames_to_do // (64 * world)))
+    prior_deviation = max(prior.measured_deviation, prior.max_reencode_deviation)
+    shares = [_Share([e for w in windows[rank::world] for e in w], rounds, mean, std, mode=mode,
+                     prior_deviation=prior_deviation, calibration_frames=calibration)
               for rank in range(world)]
+    job.share = shares[0]
     return job, shares
 
 
@@ -296,6 +366,28 @@ def _refuse_stale(store: TokenStore, provenance: dict) -> None:
                               + ". Its codes would be stale: build into a new store instead")
 
 
+def _stored_mode(meta: dict) -> str:
+    """The store's exactness mode; stores from before it was recorded: by precision and device."""
+    if meta.get("exactness_mode"):
+        return meta["exactness_mode"]
+    recorded = meta.get("stats_dtype") or "float64"
+    dtypes = (meta.get("mean_dtype") or recorded, meta.get("std_dtype") or recorded)
+    if np.result_type(np.float32, *dtypes) != np.float64:  # the build then normalized in float64
+        return "inexact float64-normalized"
+    return encode_mode(torch.device(meta.get("device") or "cpu"), meta.get("precision") or "fp32")
+
+
+def _refuse_mixed(store: TokenStore, mode: str, options: BuildOptions, device: torch.device) -> None:
+    have = _stored_mode(store.meta)
+    if have == mode or options.allow_mixed_codes:
+        return
+    raise MixedCodesError(
+        f"{store.path} holds {have} codes and this run would add {mode} codes (the store's: "
+        f"precision {store.meta.get('precision')!r} on {store.meta.get('device')!r}; this run's: "
+        f"{options.precision!r} on {device.type!r}): one store would mix them. Build into a new "
+        "store, or pass --allow-mixed-codes to resume anyway (the store then records mode 'mixed')")
+
+
 def _skip_record(name: str, path: str, reason: str) -> dict:
     return {"name": name, "path": path, "reason": reason}
 
@@ -321,19 +413,29 @@ def _resume_point(store: TokenStore, entries: list[Entry], preflight_skipped: li
     return next_entry, load_skipped
 
 
-def _agreement(model: VQVAE, entries: list[Entry], mean, std, precision: str) -> str:
-    """How many codes of the first few motions the reduced precision gives as fp32 does."""
+def _agreement(options: BuildOptions, model: VQVAE, entries: list[Entry], mean, std) -> dict:
+    """How many codes of the first few motions an inexact mode gives as the exact path does."""
     equal = total = 0
     sample = entries[:AGREEMENT_SAMPLE]
-    with one_intra_op_thread() if model.device.type == "cpu" else nullcontext():  # as the build
+    cpu = model if model.device.type == "cpu" else load_checkpoint(options.checkpoint,
+                                                                   options.model, "cpu")
+    with ExactEncoder(cpu, mean, std) as engine:
         for entry in sample:
-            motion = load_motion(entry.motion_path, model.unit_length, mean, std)
-            x = torch.from_numpy(motion)[None].to(model.device)
-            exact, fast = model.encode(x, "fp32"), model.encode(x, precision)
+            motion = load_motion(entry.motion_path, model.unit_length, engine.mean, engine.std)
+            exact = engine.encode_one(motion)
+            x = torch.from_numpy(motion)[None]
+            if model.device.type == "cpu":  # on a pinned thread, as the build encodes
+                fast = engine.threads.submit(_fast_codes, model, x, options.precision).result()[0]
+            else:
+                fast = _fast_codes(model, x.to(model.device), options.precision)[0]
             equal += int((exact == fast).sum())
-            total += exact.numel()
-    return (f"precision {precision}: {equal / max(total, 1):.2%} of {total} codes equal to fp32 "
-            f"on {len(sample)} motions (only fp32 reproduces the original exactly)")
+            total += exact.size
+    return {"codes": total, "equal": equal, "share": equal / max(total, 1), "motions": len(sample)}
+
+
+def _fast_codes(model: VQVAE, x: torch.Tensor, precision: str) -> np.ndarray:
+    """A batch's codes as this device's kernels compute them at `precision` (no re-check)."""
+    return model.encode(x, precision, batch_exact=False).cpu().numpy()
 
 
 # ---- every rank: encode its windows; rank 0: write them in split order -------------------------
@@ -349,6 +451,7 @@ class _Window:
     failures: list[dict]
     next_entry: int  # split index just past the window's last entry
     frames: int
+    checks: Checks = field(default_factory=Checks)  # the exactness checks of its batches
 
 
 def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: torch.device,
@@ -358,62 +461,169 @@ def _encode_windows(model: VQVAE, share: _Share, options: BuildOptions, device: 
     done: dict[int, tuple[np.ndarray, list[str]]] = {}
     failures: list[dict] = []
     frames = 0
+    checks = Checks()
     items = iter_batches(entries, share.mean, share.std, model.unit_length, options.batch_frames,
                          options.window, options.workers)
-    encoded = encode_batches(items, model, options.precision, device)
-    with closing(items), closing(encoded):
-        for item, codes in encoded:
-            if isinstance(item, MotionBatch):
-                done.update(zip(item.entry_ids.tolist(), zip(codes, item.texts)))
-                frames += item.motions.shape[0] * item.motions.shape[1]
-                on_batch(len(codes), item.motions.shape[0] * item.motions.shape[1])
-            elif isinstance(item, LoadFailure):
-                failures.append(_skip_record(item.name, item.path, item.reason))
-            else:  # WindowEnd: every entry of the window is in `done` or `failures`
-                ids = [i for i in range(item.start, item.stop) if i in done]
-                yield _Window([entries[i].name for i in ids], [done[i][0] for i in ids],
-                              [done[i][1] for i in ids], failures,
-                              entries[item.stop - 1].index_in_split + 1, frames)
-                done, failures, frames = {}, [], 0
+    engine = None
+    if share.mode == EXACT and device.type == "cpu":
+        engine = ExactEncoder(model, share.mean, share.std, torch.get_num_threads(),
+                              MARGIN_POLICY, share.prior_deviation)
+    elif share.mode == EXACT:  # hybrid: the device decides, the CPU reference re-checks
+        reference = load_checkpoint(options.checkpoint, options.model, "cpu")
+        engine = ExactEncoder(reference, share.mean, share.std, _recheck_threads(),
+                              MARGIN_POLICY, share.prior_deviation, fast=DeviceFast(model))
+    encoded = encode_batches(items, model, options.precision, device, engine=engine,
+                             calibration_frames=share.calibration_frames)
+    with engine or nullcontext(), closing(items), closing(encoded):
+        try:
+            for item, result in encoded:
+                if isinstance(item, MotionBatch):
+                    done.update(zip(item.entry_ids.tolist(), zip(result.codes, item.texts)))
+                    checks = checks.add(result.checks)
+                    frames += item.motions.shape[0] * item.motions.shape[1]
+                    on_batch(len(result.codes), item.motions.shape[0] * item.motions.shape[1])
+                elif isinstance(item, LoadFailure):
+                    failures.append(_skip_record(item.name, item.path, item.reason))
+                else:  # WindowEnd: every entry of the window is in `done` or `failures`
+                    ids = [i for i in range(item.start, item.stop) if i in done]
+                    yield _Window([entries[i].name for i in ids], [done[i][0] for i in ids],
+                                  [done[i][1] for i in ids], failures,
+                                  entries[item.stop - 1].index_in_split + 1, frames, checks)
+                    done, failures, frames, checks = {}, [], 0, Checks()
+        except ExactnessError as exc:  # recorded, so that a re-run calibrates past it
+            share.exceeded = max(share.exceeded, exc.deviation)
+            raise ExactnessError(f"{exc} (the samples committed so far passed it; re-running "
+                                 "the same command resumes there with the margin widened to "
+                                 f"{MARGIN_POLICY.margin_for(exc.deviation):.3g})",
+                                 exc.deviation) from None
 
 
-def encode_batches(items, model: VQVAE, precision: str, device: torch.device):
-    """(item, codes of a MotionBatch or None), in the order of `items`.
+def encode_batches(items, model: VQVAE, precision: str, device: torch.device,
+                   engine: ExactEncoder | None = None, calibration_frames: int = 0):
+    """(item, BatchResult of a MotionBatch or None), in the order of `items`.
 
-    On CPU every batch is encoded with ONE intra-op thread, torch.get_num_threads() batches side
-    by side: splitting one batch's small convolutions across cores scales poorly (and collapses on
-    a busy machine) while whole batches in parallel scale almost linearly (the convolutions release
-    the GIL). It also fixes the codes: fp32 sums can round their last bit differently with another
-    thread count (the original's own codes flip ~1 token in 200,000 between 1 and 2 threads), so
-    a CPU build gives the same codes on any machine size, with any --workers, under torchrun, and
-    equals the original run with one thread."""
+    With an `engine` (exact mode) every batch goes through it: codes equal to each motion's codes
+    alone. Its margin is first calibrated on the multi-row batches among the first
+    `calibration_frames` frames (their codes are then the row-by-row ones).
 
-    def encode(motions: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(motions).to(device, non_blocking=True)
-        return model.encode(x, precision).cpu().numpy()
+    On CPU every batch is encoded with ONE intra-op thread (vqvae.exact.PinnedThreads), as many
+    batches side by side as torch.get_num_threads(): splitting one batch's small convolutions
+    across cores scales poorly (and collapses on a busy machine) while whole batches in parallel
+    scale almost linearly (the convolutions release the GIL). One thread is also the reference's
+    setting: fp32 sums can round their last bit differently with another thread count (the
+    original's own codes flip ~1 token in 200,000 between 1 and 2 threads).
 
-    if device.type != "cpu":
-        for item in items:
-            yield item, encode(item.motions) if isinstance(item, MotionBatch) else None
+    A hybrid engine (on CUDA: ExactEncoder(fast=DeviceFast(model))) launches each batch on the
+    device from this thread and re-checks it on the engine's CPU workers; this thread never waits
+    for the device except when handing back the oldest batch, in order."""
+    items = iter(items)
+    if device.type != "cpu" and engine is None:  # inexact on a device: its codes as they come
+        yield from _device_batches(items, DeviceFast(model, precision))
         return
+    own = engine is None
+    threads = PinnedThreads(torch.get_num_threads()) if own else engine.threads
+    cores = threads.n
+    # batches in flight: 2 per CPU worker; a hybrid's device batches are large, one per worker
+    in_flight = 2 * cores if engine is None or engine.fast is None else cores + 2
+
+    def submit(item) -> Future | None:
+        if not isinstance(item, MotionBatch):
+            return None
+        if engine is not None:
+            return engine.submit(item.motions)
+        fast = threads.submit(_fast_codes, model, torch.from_numpy(item.motions), precision)
+        return _then(fast, lambda codes: BatchResult(codes, Checks()))
+
     pending: deque = deque()  # (item, future or None), oldest first
-    with one_intra_op_thread() as cores, ThreadPoolExecutor(cores) as pool:
+    try:
+        if engine is not None and calibration_frames > 0:
+            pending.extend(_calibrated(items, engine, calibration_frames, submit))
         for item in items:
-            future = pool.submit(encode, item.motions) if isinstance(item, MotionBatch) else None
-            pending.append((item, future))
+            pending.append((item, submit(item)))
             # hand back what is finished, and wait once 2 batches per core queue behind it
             while pending and (pending[0][1] is None or pending[0][1].done()
-                               or len(pending) > 2 * cores):
+                               or len(pending) > in_flight):
                 item, future = pending.popleft()
                 yield item, future.result() if future else None
         while pending:
             item, future = pending.popleft()
             yield item, future.result() if future else None
+    finally:
+        for _, future in pending:
+            if future is not None:
+                future.cancel()
+        if own:
+            threads.close()
+
+
+def _device_batches(items, fast: DeviceFast, ahead: int = 4):
+    """An inexact device build's (item, BatchResult): batches launched up to `ahead` before their
+    codes are collected, so that the host waits for the device once per batch, behind it."""
+    queue: deque = deque()
+    for item in items:
+        queue.append((item, fast(item.motions) if isinstance(item, MotionBatch) else None))
+        while queue and (queue[0][1] is None or len(queue) > ahead):
+            item, collect = queue.popleft()
+            yield item, BatchResult(collect().codes.numpy(), Checks()) if collect else None
+    while queue:
+        item, collect = queue.popleft()
+        yield item, BatchResult(collect().codes.numpy(), Checks()) if collect else None
+
+
+def _recheck_threads() -> int:
+    """CPU workers for a hybrid build's re-check: this process's share of the machine's cores
+    (torchrun's OMP_NUM_THREADS=1 would leave one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def _calibrated(items, engine: ExactEncoder, frames: int, submit):
+    """The first items, up to `frames` frames of multi-row batches (or 4x that of any), as
+    (item, future) pairs: the sample's results come from engine.calibrate, which sets the margin
+    every later batch is checked with."""
+    head, sample, sampled, seen = [], [], 0, 0
+    for item in items:
+        head.append(item)
+        if isinstance(item, MotionBatch):
+            size = item.motions.shape[0] * item.motions.shape[1]
+            seen += size
+            if len(item.motions) > 1:
+                sample.append(len(head) - 1)
+                sampled += size
+            if sampled >= frames or seen >= 4 * frames:
+                break
+    results = engine.calibrate([head[i].motions for i in sample])
+    calibrated = dict(zip(sample, results))
+    out = []
+    for i, item in enumerate(head):
+        if i in calibrated:
+            done: Future = Future()
+            done.set_result(calibrated[i])
+            out.append((item, done))
+        else:
+            out.append((item, submit(item)))
+    return out
+
+
+def _then(future: Future, fn: Callable) -> Future:
+    """A Future of fn(future's result)."""
+    out: Future = Future()
+
+    def finish(f: Future):
+        try:
+            out.set_result(fn(f.result()))
+        except BaseException as exc:  # noqa: BLE001 - handed on to whoever waits on `out`
+            out.set_exception(exc)
+
+    future.add_done_callback(finish)
+    return out
 
 
 @contextmanager
 def one_intra_op_thread():
-    """torch ops on one thread inside; yields the thread count they had (the cores to use)."""
+    """torch ops on one thread inside; yields the thread count they had (the cores to use).
+    torch.set_num_threads is process-global (see vqvae.exact.PinnedThreads): only for scripts
+    that run the original loop; the build encodes on PinnedThreads."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -478,6 +688,7 @@ def _append(job: _Job, window: _Window) -> None:
     job.consistent = False
     job.store.append(window.names, window.codes, window.texts)
     job.load_skipped += window.failures
+    job.checks = job.checks.add(window.checks)
     job.next_entry = window.next_entry
     job.since_commit += len(window.names)
     job.consistent = True
@@ -487,8 +698,23 @@ def _commit(job: _Job, complete: bool = False) -> None:
     skipped = sorted(job.preflight_skipped + job.load_skipped,
                      key=lambda s: job.split_index[s["name"]])
     next_entry = job.n_names if complete else job.next_entry
-    job.store.update_meta({"skipped": skipped, "build": {
+    job.store.update_meta({"skipped": skipped, "exactness": _exactness_record(job), "build": {
         "next_entry": next_entry, "split_entries": job.n_names,
         "split_sha256": job.split_sha256, "complete": complete}})
     job.store.commit()
     job.since_commit = 0
+
+
+def _exactness_record(job: _Job) -> dict:
+    """Meta `exactness`: how this store's codes were checked, over every run that wrote them."""
+    checks = job.prior_checks.add(job.checks)
+    if job.share is not None and job.share.exceeded:
+        checks.max_reencode_deviation = max(checks.max_reencode_deviation, job.share.exceeded)
+    record = {"mode": job.store.meta.get("exactness_mode", job.mode), **checks.to_dict(),
+              "safety_factor": MARGIN_POLICY.safety, "margin_floor": MARGIN_POLICY.floor,
+              "stop_fraction": MARGIN_POLICY.stop_fraction,
+              "decision_variable": ("FSQ bounded value" if job.model.config.quantizer == "FSQ"
+                                    else "codebook search |dx| / |x|")}
+    if job.agreement is not None:
+        record["agreement"] = job.agreement
+    return record

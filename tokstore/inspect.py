@@ -44,8 +44,10 @@ def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarra
     if mean_file is not None:
         return load_stats(mean_file, std_file, input_dim)
     if meta.get("mean") is not None and meta.get("std") is not None:
-        dtype = np.dtype(meta.get("stats_dtype", "float64"))
-        mean, std = (np.asarray(meta[key], dtype=dtype) for key in ("mean", "std"))
+        # each in its own dtype (stores before mean_dtype/std_dtype record one for both)
+        dtype = meta.get("stats_dtype", "float64")
+        mean, std = (np.asarray(meta[key], dtype=np.dtype(meta.get(f"{key}_dtype", dtype)))
+                     for key in ("mean", "std"))
         if mean.shape != (input_dim,) or std.shape != (input_dim,) or (std <= 0).any():
             raise InspectError(f"the recorded mean/std are not {input_dim} values with std > 0")
         return mean, std
@@ -97,7 +99,8 @@ def store_info(store) -> dict:
         "code_dtype": store.code_dtype.name,
         **{key: meta.get(key) for key in ("legacy_code_dtype", "model_config", "checkpoint_sha256",
                                           "stats_sha256", "crop_policy", "precision", "device",
-                                          "source_paths")},
+                                          "torch_version", "exactness_mode", "encoders",
+                                          "exactness", "source_paths")},
         "skipped": meta.get("skipped") or [],
         "size_bytes": size_on_disk(store.path),
     }
@@ -229,33 +232,53 @@ class VerifyReport:
 def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int = 0,
              device: str = "cpu", mean_file=None, std_file=None) -> Reencoding:
     """Encode K random samples again, one at a time, from their source motions, as the build did
-    (crop from frame 0 to whole units, float64 normalization); precision defaults to the build's."""
-    import torch
-
-    from tokstore.sources import load_motion
-    from vqvae import file_sha256
+    (crop from frame 0 to whole units, normalized with the statistics' own dtypes); precision
+    defaults to the build's. fp32 goes through the build's exact path (vqvae.exact: CPU, one
+    intra-op thread, whatever `device` says), so a correct store passes on any core count."""
+    from vqvae.exact import ExactEncoder
 
     meta = store.meta
     motion_dir = (meta.get("source_paths") or {}).get("motion_dir")
     if not motion_dir:
         raise InspectError("the store records no source motion_dir, so nothing can be re-encoded")
     mean, std = recorded_stats(meta, mean_file, std_file)
-    model = load_recorded_model(meta, checkpoint, device)
+    precision = precision or meta.get("precision") or "fp32"
+    exact = precision == "fp32"
+    model = load_recorded_model(meta, checkpoint, "cpu" if exact else device)
+    engine = ExactEncoder(model if model.device.type == "cpu"
+                          else load_recorded_model(meta, checkpoint, "cpu"), mean, std)
+    try:
+        return _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint)
+    finally:
+        engine.close()
+
+
+def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) -> Reencoding:
+    import torch
+
+    from tokstore.sources import load_motion
+    from vqvae import file_sha256
+
+    meta = store.meta
     result = Reencoding()
     if meta.get("checkpoint_sha256"):
         result.checkpoint_matches = file_sha256(checkpoint) == meta["checkpoint_sha256"]
-    precision = precision or meta.get("precision") or "fp32"
     picks = np.random.default_rng(seed).choice(len(store), size=min(k, len(store)), replace=False)
     unit = model.unit_length
     for i in tqdm(sorted(picks.tolist()), desc="re-encode", unit="motion", file=sys.stderr):
         sample = store[i]
         path = Path(motion_dir) / f"{sample.name}.npy"
         try:
-            motion = load_motion(path, unit, mean, std)
+            motion = load_motion(path, unit, engine.mean, engine.std)
         except (OSError, ValueError) as exc:
             raise InspectError(f"cannot re-encode {sample.name!r}: {path}: {exc}") from None
-        x = torch.from_numpy(motion)[None].to(device)
-        fresh = model.encode(x, precision=precision)[0].cpu().numpy().astype(np.int64)
+        if precision == "fp32":
+            fresh = engine.encode_one(motion).astype(np.int64)
+        else:  # an inexact build's codes, as its device computes them (CPU: on one thread)
+            x = torch.from_numpy(motion)[None].to(model.device)
+            on_cpu = model.device.type == "cpu"
+            fresh = (engine.threads.submit(_fast, model, x, precision).result() if on_cpu
+                     else _fast(model, x, precision)).astype(np.int64)
         stored = sample.codes.astype(np.int64)
         overlap = min(len(stored), len(fresh))
         same = int((stored[:overlap] == fresh[:overlap]).sum())
@@ -267,6 +290,10 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
         else:
             result.differing.append(sample.name)
     return result
+
+
+def _fast(model, x, precision: str) -> np.ndarray:
+    return model.encode(x, precision, batch_exact=False)[0].cpu().numpy()
 
 
 def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | None = None,
@@ -319,13 +346,41 @@ def render_info(info: dict) -> str:
         f"checkpoint:   sha256 {info['checkpoint_sha256'] or '-'}",
         f"statistics:   sha256 {info['stats_sha256'] or '-'}",
         f"encoded:      precision {info['precision'] or '-'} on {info['device'] or '-'}, "
-        f"crop {info['crop_policy'] or '-'}",
+        f"crop {info['crop_policy'] or '-'}, torch {info.get('torch_version') or '-'}",
+        *_render_exactness(info),
         *(f"source:       {key} = {value}" for key, value in sources.items() if value is not None),
         f"skipped:      {len(info['skipped'])}",
         *(f"  {entry.get('name')}: {entry.get('reason')}" for entry in info["skipped"]),
         f"size on disk: {'-' if size is None else f'{size} bytes ({size / 2**20:.2f} MiB)'}",
     ]
     return "\n".join(lines)
+
+
+def _render_exactness(info: dict) -> list[str]:
+    """The exactness lines of `info`: mode, margin and what the re-check did."""
+    mode, found = info.get("exactness_mode"), info.get("exactness") or {}
+    if not mode:
+        return ["exactness:    not recorded (a store from before exactness was recorded)"]
+    lines = [f"exactness:    {mode}" + (" (codes equal the original's, checked as below)"
+                                       if mode == "exact" else "")]
+    if mode == "mixed":
+        lines.append("encoders:     " + "; ".join(
+            f"{e.get('mode')} ({e.get('device')} {e.get('precision')}, torch {e.get('torch_version')})"
+            for e in info.get("encoders") or []))
+    if found.get("margin"):
+        lines.append(f"  margin {found['margin']:.3g} ({found.get('decision_variable')}; "
+                     f"{found.get('safety_factor'):g}x the measured deviation "
+                     f"{found.get('measured_deviation', 0):.3g}, floor {found.get('margin_floor'):g}), "
+                     f"calibrated on {found.get('calibration_tokens', 0)} tokens")
+        lines.append(f"  re-encoded alone: {found.get('rows_reencoded', 0)} rows, largest deviation "
+                     f"{found.get('max_reencode_deviation', 0):.3g} (stops above "
+                     f"{found.get('stop_fraction'):g} of the margin); tokens changed by "
+                     f"re-encoding: {found.get('tokens_changed', 0)}")
+    if found.get("agreement"):
+        a = found["agreement"]
+        lines.append(f"  agreement with exact codes: {a['share']:.2%} of {a['codes']} codes on "
+                     f"{a['motions']} motions")
+    return lines
 
 
 def render_show(sample: dict) -> str:

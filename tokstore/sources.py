@@ -439,7 +439,8 @@ class _PackedStrings:
 
 def load_motion(path, unit_length: int, mean, std) -> np.ndarray:
     """One motion as the build encodes it, without the batching: cropped from frame 0 to whole
-    units and normalized, (m, D) float32. For re-encoding a few samples (verify)."""
+    units and normalized with the statistics' own dtypes, (m, D) float32. For re-encoding a few
+    samples (verify, the build's agreement measurement)."""
     motion = np.load(path, allow_pickle=False)
     return normalize(motion[:len(motion) // unit_length * unit_length], mean, std)
 
@@ -536,7 +537,8 @@ def iter_batches(entries: list[Entry], mean: np.ndarray, std: np.ndarray, unit_l
         raise ValueError(f"entries not preflighted with unit length {unit_length}: {stale[:3]}")
     plan = plan_batches(entries, batch_frames, window)
     last_batch_of_window = {b.window_id: i for i, b in enumerate(plan.batches)}
-    dataset = _BatchLoader(entries, plan, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    # the statistics in their own dtypes: the original normalizes with numpy's promotion of them
+    dataset = _BatchLoader(entries, plan, np.asarray(mean), np.asarray(std))
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_as_is, prefetch_factor=4 if workers else None)
     for i, ok, texts, failures, motions in loader:

@@ -9,6 +9,7 @@ encoding does not need (the commitment loss, the perplexity over a codebook-size
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,11 +19,18 @@ from torch import nn
 from .config import VQVAEConfig, VQVAEError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-# How close to a decision boundary a token may lie before batched encoding re-checks it alone.
-# Convolution kernels round differently at different batch sizes (here oneDNN's im2col path for
-# the dilation-9 convolutions): at width 512 the FSQ inputs moved by at most 2.2e-6 over 320k
-# values, so 5e-5 leaves a 20x margin while ~5% of batched rows get re-encoded.
-NEAR_BOUNDARY = 5e-5
+
+
+class Decision(NamedTuple):
+    """A batch's codes and what decided them. `variables` are the quantizer's decision variables
+    per token (FSQ: the bounded values that are rounded, (B, T', levels); codebook: the encoder
+    output searched, (B, T', C)); `slack` (B, T', float64) is how far each token's decision
+    variables may move before its code can change, in the units `Quantizer.deviation` measures
+    (see vqvae/exact.py, which turns this into codes equal to the original's)."""
+
+    codes: torch.Tensor
+    variables: torch.Tensor
+    slack: torch.Tensor
 
 
 # ---- building blocks ------------------------------------------------------------------------
@@ -174,19 +182,34 @@ class FSQ(nn.Module):
         self.project_out = nn.Linear(len(levels), dim) if projected else nn.Identity()
 
     def encode(self, z):
-        """(B, C, T') encoder output -> (B, T') int32 codes, and which tokens lie within
-        NEAR_BOUNDARY of a rounding boundary (a last-bit difference upstream could flip them)."""
+        """(B, C, T') encoder output -> (B, T') int32 codes and their slack (see `decide`)."""
+        decision = self.decide(z)
+        return decision.codes, decision.slack
+
+    def decide(self, z) -> Decision:
+        """(B, C, T') encoder output -> Decision. The decision variable is the bounded value b of
+        each channel; its code changes only when b crosses a half-integer, so a token's slack is
+        the smallest distance of its channels' b to one (exact: computed in float64)."""
         z = self.project_in(z.transpose(1, 2).contiguous())  # the original packs with torch.cat: a copy
         with _autocast_off(z.device):
             z = z.float()
-            bounded = (z + self._shift).tanh() * self._half_l - self._offset
+            return self.quantize((z + self._shift).tanh() * self._half_l - self._offset)
+
+    def quantize(self, bounded) -> Decision:
+        """(B, T', levels) bounded values -> Decision (the rounding step alone)."""
+        with _autocast_off(bounded.device):
             rounded = bounded.round()
             # round() is exact here, and so is every step below: these are small integers, equal
             # to what the original's float path (divide by half width, scale back, sum) yields.
             digits = rounded.to(torch.int32) + self._half_width
             codes = (digits * self._basis).sum(dim=-1, dtype=torch.int32)
-            near = ((bounded - rounded).abs() > 0.5 - NEAR_BOUNDARY).any(dim=-1)
-        return codes, near
+            slack = (0.5 - (bounded.double() - rounded.double()).abs()).amin(dim=-1)
+        return Decision(codes, bounded, slack)
+
+    @staticmethod
+    def deviation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """How far decision variables moved, per token: max |b_a - b_b| over the channels."""
+        return _difference(a, b).amax(dim=-1)
 
     def decode(self, codes):
         """(B, T') codes -> (B, C, T') dequantized latents."""
@@ -215,30 +238,61 @@ class CodebookQuantizer(nn.Module):
         return self.embedding.weight if self.kind == "orig" else self.codebook
 
     def encode(self, z):
-        """(B, C, T') encoder output -> (B, T') int64 codes, argmin |x|^2 - 2 x.c + |c|^2, and
-        which tokens are near a tie.
+        """(B, C, T') encoder output -> (B, T') int64 codes and their slack (see `decide`)."""
+        decision = self.decide(z)
+        return decision.codes, decision.slack
+
+    def decide(self, z) -> Decision:
+        """(B, C, T') encoder output -> Decision: argmin |x|^2 - 2 x.c + |c|^2 over the rows.
 
         The original evaluates this in float32, where near-ties (gaps of ~1e-7) resolve by the
         BLAS kernel's rounding, which varies with the CPU and even with the number of rows in the
         matmul (so with the batch size). Evaluated in float64 the argmin is the true nearest row
         of the float32 encoder output: the same on every machine and batch, and it matches the
-        golden codes where float32 on this machine does not."""
-        batch, channels = z.shape[0], z.shape[1]
+        golden codes where float32 on this machine does not.
+
+        Slack, by the triangle inequality: moving x by |dx| moves its distance to EVERY row by at
+        most |dx|, so the nearest row cannot change while |dx| < (sqrt(d2) - sqrt(d1)) / 2, d1 and
+        d2 the two smallest squared distances. It is given relative to |x| (deviation measures
+        |dx| / |x|), so a token is safe while its relative deviation stays below its slack."""
         with _autocast_off(z.device):
-            x = z.permute(0, 2, 1).reshape(-1, channels).double()
+            return self.quantize(z.permute(0, 2, 1).float())
+
+    def quantize(self, rows) -> Decision:
+        """(B, T', C) encoder output -> Decision (the nearest-row search alone)."""
+        batch, channels = rows.shape[0], rows.shape[2]
+        with _autocast_off(rows.device):
+            x = rows.reshape(-1, channels).double()
             c = self.weight.double()
             distance = x.pow(2).sum(1, keepdim=True) - 2 * (x @ c.t()) + c.pow(2).sum(1)
             codes = distance.argmin(dim=1)
             if len(c) == 1:  # a single row is never contested
-                near = torch.zeros_like(codes, dtype=torch.bool)
-            else:  # moving x by NEAR_BOUNDARY * |x| moves the gap d2 - d1 by up to 2 |dx| |c1 - c2|
-                best, order = distance.topk(2, dim=1, largest=False)
-                spread = (c[order[:, 0]] - c[order[:, 1]]).norm(dim=1)
-                near = best[:, 1] - best[:, 0] < 2 * NEAR_BOUNDARY * x.norm(dim=1) * spread
-        return codes.view(batch, -1), near.view(batch, -1)
+                slack = torch.full_like(x[:, 0], float("inf"))
+            else:
+                best = distance.topk(2, dim=1, largest=False).values.clamp(min=0).sqrt()
+                gap = (best[:, 1] - best[:, 0]) / 2
+                norm = x.norm(dim=1)
+                slack = torch.where(norm > 0, gap / norm, torch.where(gap > 0, float("inf"), 0.0))
+        return Decision(codes.view(batch, -1), rows, slack.view(batch, -1))
+
+    @staticmethod
+    def deviation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """How far decision variables moved, per token, relative to the first: |x_a - x_b| / |x_a|."""
+        moved = _difference(a, b).pow(2).sum(dim=-1).sqrt()
+        norm = a.double().pow(2).sum(dim=-1).sqrt()
+        return torch.where(norm > 0, moved / norm, torch.where(moved > 0, float("inf"), 0.0))
 
     def decode(self, codes):
         return F.embedding(codes, self.weight).transpose(1, 2)
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| in float64, 0 where both are the same value (inf == inf, both NaN), inf where only
+    one of them is NaN: a deviation that cannot be measured is never taken for a small one."""
+    a, b = a.double(), b.double()
+    diff = (a - b).abs()
+    same = (a == b) | (a.isnan() & b.isnan())
+    return torch.where(same, 0.0, diff.nan_to_num(nan=float("inf")))
 
 
 def _autocast_off(device: torch.device):
@@ -300,12 +354,42 @@ class VQVAE(nn.Module):
         precision: "fp32" is IEEE float32 throughout, the original's arithmetic on CPU (on CUDA it
         also turns off cuDNN's default TF32 convolutions for the call); "tf32" allows TF32 matmuls
         and convolutions on CUDA for the call (on CPU it is fp32); "bf16" runs the encoder under
-        autocast, the quantizer in float32 as the original's does. Only fp32 promises exact codes.
+        autocast, the quantizer in float32 as the original's does.
 
-        batch_exact (fp32): the original encodes one motion at a time, and kernels may round the
-        last bit differently for a batch; rows with a token near a decision boundary are
-        therefore encoded again alone, so every row gets the codes it gets by itself.
+        batch_exact (CPU fp32, the default): the codes the original gets for each motion alone,
+        through vqvae.exact.ExactEncoder (one intra-op thread, rows near a decision boundary
+        encoded again alone) with its uncalibrated default margin; a build calibrates its own.
+        Otherwise the batch's codes as this device's kernels compute them.
         """
+        self._check_input(x, precision)
+        if batch_exact and precision == "fp32" and x.device.type == "cpu":
+            from .exact import ExactEncoder
+
+            with ExactEncoder(self) as engine:
+                return torch.from_numpy(engine.encode_batch(x.numpy(force=True)).codes)
+        return self.decide(x, precision).codes.clone()
+
+    def decide(self, x: torch.Tensor, precision: str = "fp32") -> Decision:
+        """The batch's Decision as this device's kernels compute it, in the calling thread's
+        intra-op threads: codes, decision variables, slack (see Decision)."""
+        self._check_input(x, precision)
+        with torch.inference_mode(), _precision(precision, x.device):
+            h = self.vqvae["encoder"](x.permute(0, 2, 1).float())  # the original's preprocess
+            decision = self.vqvae["quantizer"].decide(h)
+        # ordinary tensors: inference tensors refuse later in-place edits
+        return Decision(*(t.clone() for t in decision))
+
+    def quantize(self, variables: torch.Tensor) -> Decision:
+        """The Decision that decision variables (as Decision.variables) give: how an encoder whose
+        variables moved would decide (tests inject inexact encoders with it)."""
+        with torch.inference_mode():
+            return Decision(*(t.clone() for t in self.vqvae["quantizer"].quantize(variables)))
+
+    def deviation(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per token, how far the decision variables `b` lie from `a` (the quantizer's measure)."""
+        return self.vqvae["quantizer"].deviation(a, b)
+
+    def _check_input(self, x, precision: str) -> None:
         if precision not in PRECISIONS:
             raise VQVAEError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if not torch.is_tensor(x) or x.ndim != 3 or x.shape[-1] != self._config.input_dim:
@@ -316,16 +400,6 @@ class VQVAE(nn.Module):
                              f"{self.unit_length}; crop it first")
         if not x.is_floating_point():
             raise VQVAEError(f"expected a float tensor, got {x.dtype}")
-        with torch.inference_mode(), _precision(precision, x.device):
-            codes, near = self._encode(x)
-            if batch_exact and precision == "fp32" and len(x) > 1:
-                for row in near.any(dim=1).nonzero().flatten().tolist():
-                    codes[row] = self._encode(x[row:row + 1])[0][0]
-        return codes.clone()  # an ordinary tensor: inference tensors refuse later in-place edits
-
-    def _encode(self, x):
-        h = self.vqvae["encoder"](x.permute(0, 2, 1).float())  # the original's preprocess
-        return self.vqvae["quantizer"].encode(h)
 
     def decode(self, codes) -> torch.Tensor:
         """(B, T') codes -> (B, T' * unit, input_dim) float32 motion in normalized space."""
