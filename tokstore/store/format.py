@@ -57,6 +57,7 @@ from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreVersionE
 FORMAT_NAME = "tokstore"
 FORMAT_VERSION = 1
 RECORD_KEY = "tokstore"           # zarr root attribute holding the commit record
+RECORD_CHECKSUM = "record_crc32"  # the record's own checksum (see record_checksum)
 DEFAULT_CHUNK_BYTES = 1 << 19     # 512 KiB: small enough that a commit rewrites little
 
 # The append-only arrays, in write order, with their dtypes ("codes" depends on the codebook).
@@ -158,13 +159,15 @@ class Record:
         return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "tokstore_version": self.tokstore_version,
-                "codebook_size": self.codebook_size, "end_token": self.end_token,
-                "pad_token": self.pad_token, "code_dtype": self.code_dtype,
-                "samples": self.samples, "lengths": dict(self.lengths),
-                "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
-                "meta": self.meta}
+        record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                  "tokstore_version": self.tokstore_version,
+                  "codebook_size": self.codebook_size, "end_token": self.end_token,
+                  "pad_token": self.pad_token, "code_dtype": self.code_dtype,
+                  "samples": self.samples, "lengths": dict(self.lengths),
+                  "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
+                  "meta": self.meta}
+        record[RECORD_CHECKSUM] = record_checksum(record)
+        return record
 
     @classmethod
     def from_dict(cls, raw, where: str) -> "Record":
@@ -177,6 +180,14 @@ class Record:
         if version > FORMAT_VERSION:
             raise StoreVersionError(f"{where} has format version {version}; this tokstore reads "
                                     f"up to version {FORMAT_VERSION}: upgrade tokstore")
+        if RECORD_CHECKSUM in raw:  # records before tokstore 0.1.1 have none: read as they are
+            try:
+                intact = raw[RECORD_CHECKSUM] == record_checksum(raw)
+            except (TypeError, ValueError):  # not JSON-serializable: cannot be a written record
+                intact = False
+            if not intact:
+                raise StoreCorruptError(f"{where}: damaged commit record: its content does not "
+                                        f"match its checksum (edited, or damaged on disk)")
         try:
             return cls._parse(raw)
         except KeyError as exc:
@@ -217,6 +228,14 @@ class Record:
             raise ValueError(f"meta is {type(meta).__name__}, not a dict")
         return cls(size, code_dtype, samples, lengths, checksums, meta,
                    str(raw.get("tokstore_version", "")), counts_slot)
+
+
+def record_checksum(record: dict) -> str:
+    """crc32 of the record without its checksum, as canonical JSON (sorted keys, no spaces):
+    any edit of a value -- meta.mean, checkpoint_sha256, a length -- changes it."""
+    body = {key: value for key, value in record.items() if key != RECORD_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def probabilities(counts: np.ndarray) -> np.ndarray:
