@@ -19,12 +19,13 @@ Why this shape:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import re
-import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -240,17 +241,23 @@ class HDF5Container:
                                                  and exc.strerror else text.splitlines()[0])
         error = StoreWriteError(self.path, action, number, reason)
         self._failed = str(error)
+        self._close_file()  # now, so that no h5py object retries the write when collected
         return error
+
+    def _close_file(self):
+        file, datasets, self._file, self._datasets = self._file, self._datasets, None, {}
+        try:
+            with _quiet_if(self._failed is not None):
+                datasets.clear()  # each dataset closed here retries its failed write
+                if file is not None:
+                    file.close()  # closes every other object of the file too
+        except (OSError, RuntimeError) as exc:
+            if self._failed is None:
+                raise self._failure("closing", exc) from None
 
     def close(self):
         try:
-            file, self._file, self._datasets = self._file, None, {}
-            if file is not None:
-                try:
-                    file.close()
-                except (OSError, RuntimeError) as exc:
-                    if self._failed is None:
-                        raise self._failure("closing", exc) from None
+            self._close_file()
         finally:
             self._map = None
             if self._fd is not None:
@@ -261,6 +268,22 @@ class HDF5Container:
             if self._creating is not None:
                 self._creating.unlink(missing_ok=True)
                 self._creating = None
+
+
+@contextlib.contextmanager
+def _quiet_if(failed: bool):
+    """After a failed write, h5py reports the same failure again from every object it closes,
+    (Cython prints it through sys.excepthook, then sys.unraisablehook, "Exception ignored in
+    ..."): the error already raised says it."""
+    if not failed:
+        yield
+        return
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = (lambda *args: None), (lambda unraisable: None)
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
 
 
 def _create_file(path: Path, record: Record, dtypes: dict, chunk_bytes: int):
@@ -373,18 +396,28 @@ SUPERBLOCK = struct.Struct("<8sBBBBQQQQI")  # v2/v3: sig, version, sizes, flags,
 
 
 def _clear_stale_write_flags(fd: int, position: int, path: str):
-    """We hold the writer lock, so 'open for write' flags are left over from a dead writer."""
+    """We hold the writer lock, so 'open for write' flags are left over from a dead writer; and
+    an end-of-file address past the file's end is space HDF5 allocated but could not write (a
+    full disk): the file is extended with zeros to it, as HDF5 requires of a file it writes.
+    Committed data never lies there: a commit flushes and fsyncs before its record."""
     raw = os.pread(fd, SUPERBLOCK.size, position)
+    if len(raw) < SUPERBLOCK.size:
+        raise StoreCorruptError(f"{path}: damaged HDF5 file: it ends inside the superblock")
     sig, version, offsets, lengths, flags, base, extension, eof, root, crc = SUPERBLOCK.unpack(raw)
     if version < 2 or offsets != 8:
         raise StoreCorruptError(f"{path}: unexpected HDF5 superblock version {version}")
     if lookup3(raw[:-4]) != crc:
         raise StoreCorruptError(f"{path}: HDF5 superblock checksum mismatch")
-    if flags == 0:
-        return
-    eof = max(eof, os.fstat(fd).st_size)
-    body = SUPERBLOCK.pack(sig, version, offsets, lengths, 0, base, extension, eof, root, 0)[:-4]
-    os.pwrite(fd, body + struct.pack("<I", lookup3(body)), position)
+    try:
+        if eof > os.fstat(fd).st_size:
+            os.ftruncate(fd, eof)
+        if flags == 0:
+            return
+        eof = max(eof, os.fstat(fd).st_size)
+        body = SUPERBLOCK.pack(sig, version, offsets, lengths, 0, base, extension, eof, root, 0)
+        _pwrite_all(fd, body[:-4] + struct.pack("<I", lookup3(body[:-4])), position)
+    except OSError as exc:
+        raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
 
 
 def lookup3(data: bytes, initval: int = 0) -> int:

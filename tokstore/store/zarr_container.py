@@ -80,9 +80,9 @@ class ZarrContainer:
                 self.close()
                 raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
             self._target = str(self._creating)
-        try:  # a local directory is new and empty
-            self._group = zarr.open_group(self._target,
-                                          mode="w" if overwrite and self.dir is None else "w-")
+        remote = "w" if overwrite else "w-"
+        try:  # a local directory is new, ours, and holds at most the lock file
+            self._group = zarr.open_group(self._target, mode=remote if self.dir is None else "a")
             for name, dtype in dtypes.items():
                 if name == "counts":  # fixed size, two slots of one chunk each
                     shape, chunk = 2 * record.counts_length, record.counts_length
