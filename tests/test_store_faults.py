@@ -116,7 +116,11 @@ def test_killed_at_every_write_step_then_rerun(tmp_path, backend, phase):
         assert killed.returncode == KILLED, (point, trace[point - 1], killed.stderr)
         where = f"killed at step {point} ({trace[point - 1]})"
         if path.exists():
-            with TokenStore.open(path) as store:
+            try:
+                store = TokenStore.open(path)
+            except StoreError as exc:
+                raise AssertionError(f"{where}: {exc}") from None
+            with store:
                 assert len(store) % STEP == 0 and len(store) >= start, where
                 assert_prefix(store, len(store))
         else:

@@ -147,8 +147,12 @@ class HDF5Container:
         if name not in self._datasets:
             try:
                 self._datasets[name] = self._file[name]
-            except KeyError:
-                raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
+            except KeyError as exc:
+                reason = str(exc).strip("'\"").splitlines()[0]
+                if "doesn't exist" in reason or "does not exist" in reason:
+                    raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
+                raise StoreCorruptError(f"{self.path}: damaged HDF5 file: cannot open array "
+                                        f"{name}: {reason}") from None
         return self._datasets[name]
 
     def array(self, name: str, dtype: np.dtype, length: int) -> ChunkedArray:

@@ -86,8 +86,8 @@ class TokenStore:
                 container.write(name, 0, np.zeros(1, dtypes[name]))
             container.write("counts", 0, np.zeros(record.counts_length, np.int64))  # slot 0
             container.write_record(record)
-            container.publish()  # a local store appears at its path only now, whole
             container.start_writing()
+            container.publish()  # a local store appears at its path only now, whole
             return cls(container, record, writable=True)
         except BaseException:
             container.close()
