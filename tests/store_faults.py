@@ -42,8 +42,9 @@ def install() -> list:
         setattr(os, name, counted(getattr(os, name), name))
     for container in (zarr_container.ZarrContainer, hdf5_container.HDF5Container):
         for name in ("write", "truncate", "start_writing", "publish", "write_record"):
-            setattr(container, name, counted(getattr(container, name),
-                                             f"{container.backend}.{name}"))
+            if hasattr(container, name):
+                setattr(container, name, counted(getattr(container, name),
+                                                 f"{container.backend}.{name}"))
     if os.environ.get("TOKSTORE_TEST_FSIZE"):
         import resource
         import signal
