@@ -20,28 +20,45 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
 
 The commit record is one JSON object: it names the committed length and the running crc32 of
 every append-only array, the sample count, the static facts (format version, codebook size,
-end/pad tokens, code dtype, tokstore version) and the provenance `meta` (legacy_code_dtype,
-model_config, checkpoint_sha256, ...). Writing it is the commit: one small atomic write.
- - Zarr: the record is the `tokstore` attribute of the root group; zarr's LocalStore replaces
-   zarr.json through a temporary file and a rename, object stores replace objects whole.
+end/pad tokens, code dtype, tokstore version), the provenance `meta` (legacy_code_dtype,
+model_config, checkpoint_sha256, ...) and its own crc32 (`record_crc32`, over the rest as
+canonical JSON: an edited mean or checksum is damage; records written before it have none and
+read as they are). Writing it is the commit, and a commit is durable: every file written since
+the last commit is fsynced first, then the record is written.
+ - Zarr: the record is the `tokstore` attribute of the root group. The chunk and metadata files
+   written since the last commit and their directories are fsynced, then the root zarr.json is
+   replaced through a temporary file, fsync, rename and a directory fsync. zarr's LocalStore
+   itself writes every file through a temporary file and a rename (zarr >= 3.1.3), so a chunk
+   file is never half-written; object stores replace objects whole.
  - HDF5: the record lives in the file's userblock (bytes HDF5 never touches), in two slots
-   written alternately, each with a sequence number and a crc32; the newest valid slot wins.
+   written alternately, each with a sequence number and a crc32. A commit flushes HDF5, writes
+   the payload into the older slot, fsyncs, then writes that slot's header (the commit point)
+   and fsyncs: a torn record keeps the older header, and reads as the older slot's damage. The
+   newest intact slot wins; a damaged slot that is, or may be, newer is an error, never a quiet
+   rollback to the older commit (`TokenStore.open(path, rollback=True)` asks for that).
 Data beyond a committed length is invisible. Arrays only grow, and a rewritten partial chunk
 keeps its committed prefix byte for byte, so a crash at any moment leaves the last commit intact.
-Reopening for append cuts every array back to its committed length (zeroing the dropped tail of
-the last chunk, so the result is what an uninterrupted run writes) and carries on.
+Reopening a Zarr store for append cuts every array back to its committed length (zeroing the
+dropped tail of the last chunk) and carries on; an HDF5 store is reopened straight into SWMR mode,
+which cannot shrink datasets, so the next appends overwrite what lies past the commit. A resumed
+store holds the same content as an uninterrupted one (every array's committed bytes, the counts,
+the record); its files are byte-identical only when both made the same commits (Zarr).
 
 `counts` is derived data, rewritten whole at every commit, so it is not append-only: it has two
 slots, and a commit writes the slot its record does not name, then the record naming that slot
 (`counts_slot`) and its crc32. A crash between the two writes leaves the old record naming the
 intact old slot, so the committed counts always match the committed codes; the slot alternates
-with every commit (slot 0 after `create`), so stores built by the same commits are identical.
-A slot that fails its crc32 is damage: `check()` reports it, readers recompute from the codes.
+with every commit (slot 0 after `create`). A slot that fails its crc32 is damage: `check()`
+reports it, readers recompute from the codes.
 
-"Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted); commits are
-not fsynced, so what survives a power cut is up to the file system. One writer at a time: it
-holds an flock (zarr: `tokstore.lock` in the directory; HDF5: on the file); remote URLs have no
-lock. Chunks default to 512 KiB, so that a commit rewrites little and a read maps little.
+A local store is created beside its path (`.NAME.creating-*`) and renamed into place after its
+first commit, so a crash while creating leaves no half store (the next create removes the rest).
+"Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted) or the machine
+does (commits are fsynced). A write the OS refuses (ENOSPC, EROFS, EIO) raises StoreWriteError
+naming the file; the store stays at its last commit. One writer at a time: it holds an flock on
+the store's directory (zarr; `tokstore.lock` where a file system refuses that) or file (HDF5),
+which forked processes do not keep (see oscalls.py); remote URLs have no lock. Chunks default to
+512 KiB, so that a commit rewrites little and a read maps little.
 """
 from __future__ import annotations
 

@@ -12,10 +12,23 @@ Why this shape:
  - A SWMR writer releases HDF5's file lock, and a killed one leaves the superblock flagged "open
    for write", which HDF5 refuses to reopen. So writers hold their own `flock` on the file, and a
    writer that gets the lock knows the flags are stale and clears them (what `h5clear -s`
-   does: flags to 0, end-of-file address to at least the file size, superblock checksum redone).
- - Readers open with `swmr=True, locking=False` and read the record *before* HDF5's metadata,
-   so every committed chunk is indexed. Chunk byte offsets are looked up once per array, and raw
-   chunks are memory-mapped there: reads make no HDF5 call (also none in forked workers).
+   does: flags to 0, end-of-file address to at least the file size, superblock checksum redone);
+   a file a full disk left shorter than its end-of-file address is extended with zeros to it.
+ - A reopened store is opened straight into SWMR-write mode (no r+ moment a kill could leave
+   flagged "open for write, not SWMR", which no reader opens), so it is not truncated: SWMR
+   cannot shrink a dataset, and data past the commit is invisible until overwritten.
+ - Writes go through dataset handles kept open: a temporary h5py object closed by the garbage
+   collector reports a failed write only as "Exception ignored", so a full disk went unnoticed
+   and the commit record named chunks never written. Every HDF5 error now raises
+   StoreWriteError (errno from HDF5's message), the file is closed at once, and nothing more is
+   written: the store stays at its last commit.
+ - Readers open as SWMR readers without HDF5's locking and read the record *before* HDF5's
+   metadata, so every committed chunk is indexed. SWMR readers retry metadata that fails its
+   checksum (HDF5: 100 times, with back-off that makes a truncated file hang for hours): here
+   READ_ATTEMPTS. Chunk byte offsets are looked up once per array, and raw chunks are
+   memory-mapped there: reads make no HDF5 call (also none in forked workers).
+ - A new store is written to a temporary file beside its path and renamed into place after its
+   first commit, in SWMR mode: a build killed while creating leaves no half store.
 """
 from __future__ import annotations
 
