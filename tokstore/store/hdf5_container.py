@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -158,6 +159,10 @@ class HDF5Container:
     # ---- reading -------------------------------------------------------------------------
     def _dataset(self, name: str):
         if name not in self._datasets:
+            if self._file is None:
+                raise StoreError(f"{self.path} is closed" + (f" after a failed write "
+                                                             f"({self._failed})" if self._failed
+                                                             else ""))
             try:
                 self._datasets[name] = self._file[name]
             except KeyError as exc:
@@ -347,15 +352,23 @@ def _open_file(path: str, writable: bool):
 def _limit_read_attempts(fapl) -> None:
     """H5Pset_metadata_read_attempts, which h5py does not wrap: called in the libhdf5 h5py
     loaded. Where that library cannot be found, HDF5's default applies."""
-    library = oscalls.loaded_library("libhdf5") or oscalls.loaded_library("libhdf5.")
+    function = _read_attempts_setter()
+    if function is not None:
+        function(fapl.id, READ_ATTEMPTS)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_attempts_setter():
+    library = (oscalls.loaded_library("libhdf5-") or oscalls.loaded_library("libhdf5.")
+               or oscalls.loaded_library("libhdf5_serial."))
     if library is None:
-        return
+        return None
     try:
         function = ctypes.CDLL(library).H5Pset_metadata_read_attempts
     except (OSError, AttributeError):
-        return
+        return None
     function.argtypes, function.restype = (ctypes.c_int64, ctypes.c_uint), ctypes.c_int
-    function(fapl.id, READ_ATTEMPTS)
+    return function
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
