@@ -85,7 +85,8 @@ def traced_steps(tmp_path, path, backend, total) -> list[str]:
 def leftovers(path: Path) -> list[Path]:
     """Temporary files or directories a writer left behind."""
     around = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
-    inside = [p for p in path.rglob("*") if p.suffix in (".tmp", ".partial")] if path.is_dir() else []
+    inside = ([p for p in path.rglob("*") if p.suffix in (".tmp", ".partial")]
+              if path.is_dir() else [])
     return around + inside
 
 
@@ -176,7 +177,8 @@ def test_file_size_limit_mid_build_then_resume(tmp_path):
     failed = run_child(path, backend, total, fsize=(first + expected.stat().st_size) // 2)
     check_failed_run(failed, path, "File too large")
     assert "Exception ignored" not in failed.stderr and "Segmentation" not in failed.stderr
-    commits = [line.split()[1] for line in failed.stdout.splitlines() if line.startswith("committed")]
+    commits = [line.split()[1] for line in failed.stdout.splitlines()
+               if line.startswith("committed")]
     committed = int(commits[-1]) if commits else 0
     with TokenStore.open(path) as store:
         assert len(store) == committed and len(store) < total

@@ -89,9 +89,12 @@ class HDF5Container:
                overwrite: bool) -> "HDF5Container":
         target = Path(path)
         try:
+            if target.is_dir():
+                raise StoreError(f"{path} is a directory: an HDF5 store is one file")
             if target.exists():
                 if not overwrite:
-                    raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
+                    raise StoreError(f"{path} already exists (not replacing it: "
+                                     f"TokenStore.create(..., overwrite=True) does)")
                 if target.is_dir() or not _is_store_file(target):
                     raise StoreError(f"{path} exists and is not a tokstore HDF5 store: "
                                      f"not overwriting it")
@@ -129,7 +132,7 @@ class HDF5Container:
             if writable:
                 lock = oscalls.WriterLock.acquire(path, path)
                 _clear_stale_write_flags(fd, position, path)
-            record, sequence = _read_record(fd, path, rollback)  # before HDF5's metadata: see docstring
+            record, sequence = _read_record(fd, path, rollback)  # before HDF5's metadata
             file = _open_file(path, writable)
         except BaseException:
             os.close(fd)
@@ -149,12 +152,18 @@ class HDF5Container:
         if self._creating is None:
             return
         try:
-            os.rename(self._creating, self.path)
-            self._lock.moved_to(self._creating, self.path)
+            oscalls.move_into_place(self._creating, Path(self.path))
+        except FileExistsError:
+            raise StoreError(f"{self.path} already exists: another process created it "
+                             f"meanwhile") from None
+        except OSError as exc:
+            raise self._failure("creating the store", exc) from None
+        self._lock.moved_to(self._creating, self.path)
+        self._creating = None
+        try:
             oscalls.sync_dir(Path(self.path).parent)
         except OSError as exc:
             raise self._failure("creating the store", exc) from None
-        self._creating = None
 
     # ---- reading -------------------------------------------------------------------------
     def _dataset(self, name: str):
@@ -344,8 +353,9 @@ def _open_file(path: str, writable: bool):
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0]
         if "already open for write" in reason:
-            raise StoreError(f"{path} is open for writing by an HDF5 program other than tokstore "
-                             f"(or one died): close it, or clear the flag with h5clear -s") from None
+            raise StoreError(f"{path} is open for writing by an HDF5 program other than "
+                             f"tokstore (or one died): close it, or clear the flag with "
+                             f"h5clear -s") from None
         raise StoreCorruptError(f"{path}: damaged HDF5 file: {reason}") from None
 
 

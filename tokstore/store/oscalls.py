@@ -93,15 +93,33 @@ def replace_file(target: Path, data: bytes) -> None:
     sync_dir(target.parent)
 
 
+def _creating_prefix(target: Path) -> str:
+    return f".{target.name[:100]}.creating-"  # short enough beside any name that fits
+
+
 def creation_path(target: Path) -> Path:
     """Where a new store is built before it is renamed to `target` (see remove_abandoned)."""
-    return target.with_name(f".{target.name}.creating-{uuid.uuid4().hex}")
+    return target.with_name(f"{_creating_prefix(target)}{uuid.uuid4().hex[:16]}")
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Rename source to target, never replacing a file that appeared at target meanwhile (a
+    second process creating the same store): a hard link fails if target exists. Where hard links
+    are not supported, a plain rename."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST or exc.errno not in UNSUPPORTED | {errno.EXDEV, errno.EMLINK}:
+            raise
+        os.rename(source, target)
+        return
+    os.unlink(source)
 
 
 def remove_abandoned(target: Path) -> None:
     """Delete what killed creations of `target` left beside it; one still locked is another
     process creating the store right now, and is left alone."""
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.creating-*"):
+    for leftover in target.parent.glob(f"{glob.escape(_creating_prefix(target))}*"):
         try:
             lock = WriterLock.acquire(leftover, str(leftover))
         except (StoreError, OSError):

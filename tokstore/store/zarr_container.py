@@ -64,8 +64,8 @@ class ZarrContainer:
                 occupied = self.dir.is_file() or (self.dir.is_dir() and any(self.dir.iterdir()))
                 if occupied:
                     if not overwrite:
-                        raise StoreError(f"{path} already exists (pass overwrite=True to "
-                                         f"replace it)")
+                        raise StoreError(f"{path} already exists (not replacing "
+                                         f"it: TokenStore.create(..., overwrite=True) does)")
                     if not (self.dir / "zarr.json").is_file():
                         raise StoreError(f"{path} exists and is not a Zarr store: not "
                                          f"overwriting it")
@@ -92,7 +92,8 @@ class ZarrContainer:
                                          compressors=None, filters=None, fill_value=0)
         except (ContainsGroupError, ContainsArrayError, FileExistsError):
             self.close()
-            raise StoreError(f"{path} already exists (pass overwrite=True to replace it)") from None
+            raise StoreError(f"{path} already exists (not replacing it: "
+                             f"TokenStore.create(..., overwrite=True) does)") from None
         except OSError as exc:
             self.close()
             raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
@@ -130,7 +131,8 @@ class ZarrContainer:
             if writable:
                 self._lock = oscalls.WriterLock.acquire(self.dir, path, self.dir / LOCK_FILE)
                 try:  # temporary files of a killed writer (zarr's chunks, our records)
-                    for leftover in [*self.dir.rglob("*.partial"), *self.dir.glob(".zarr.json.*.tmp")]:
+                    for leftover in [*self.dir.rglob("*.partial"),
+                                     *self.dir.glob(".zarr.json.*.tmp")]:
                         leftover.unlink()
                 except OSError as exc:
                     self.close()
