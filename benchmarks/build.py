@@ -90,6 +90,32 @@ def loader_items(entries, mean, std, unit_length, options: BuildOptions):
                         options.workers)
 
 
+def commit_cost(work: Path, backend: str, samples: int, commits: int = 5) -> tuple[float, float]:
+    """Median seconds of append + commit of `samples` samples (~100 codes each), with the commit's
+    fsyncs, and with os.fsync made a no-op (the baseline, measured in the same run)."""
+    import os
+    import statistics
+    from unittest import mock
+
+    rng = np.random.default_rng(0)
+    times = {}
+    for synced in (True, False):
+        path = work / f"commit-{backend}-{synced}{'.h5' if backend == 'hdf5' else '.zarr'}"
+        seconds = []
+        with mock.patch.object(os, "fsync", os.fsync if synced else (lambda fd: None)), \
+                TokenStore.create(path, 64000, backend=backend) as store:
+            for k in range(commits):
+                names = [f"clip_{k}_{i:06d}" for i in range(samples)]
+                codes = [rng.integers(0, 64000, 100) for _ in names]
+                texts = [["a person walks forward.\n"]] * samples
+                with Timer() as timer:
+                    store.append(names, codes, texts)
+                    store.commit()
+                seconds.append(timer.seconds)
+        times[synced] = statistics.median(seconds)
+    return times[True], times[False]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-frames", type=int, default=None, help="default: the build's")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--commit-samples", type=int, default=5000,
+                        help="samples appended before each commit in the commit-cost measurement")
     args = parser.parse_args(argv)
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="tokstore-bench-build-"))
@@ -185,6 +213,11 @@ def main(argv=None):
     print(f"probabilities identical to the original's computation over those codes: "
           f"{'yes' if same_prob else 'NO'}; store holds {summary.samples} samples, "
           f"{summary.codes:,} codes")
+    for backend in ("zarr", "hdf5"):
+        synced, unsynced = commit_cost(work, backend, args.commit_samples)
+        print(f"commit ({backend}, {args.commit_samples:,} samples each): {synced * 1e3:.1f} ms "
+              f"with fsync, {unsynced * 1e3:.1f} ms with fsync a no-op: "
+              f"+{(synced - unsynced) * 1e3:.1f} ms per commit")
     if args.dir is None:
         import shutil
 

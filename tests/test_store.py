@@ -16,6 +16,7 @@ from tokstore.store import (CodeRangeError, DuplicateNameError, NameNotFoundErro
                             SampleError, StoreCorruptError, StoreError, StoreLockedError,
                             StoreVersionError)
 from tokstore.store import hdf5_container
+from tokstore.store.format import RECORD_CHECKSUM, record_checksum
 
 N = 60
 
@@ -305,17 +306,23 @@ def test_not_a_store(tmp_path):
         TokenStore.open(tmp_path / "plain.zarr", mode="w")
 
 
-def rewrite_record(path, backend, change):
-    """Apply change(dict) to the stored commit record, as a damaged or future store would have."""
+def rewrite_record(path, backend, change, reseal=True):
+    """Apply change(dict) to the stored commit record, as a damaged or future store would have;
+    reseal: with a matching record checksum, as a buggy or future writer would write it."""
+    def apply(raw):
+        change(raw)
+        if reseal:
+            raw[RECORD_CHECKSUM] = record_checksum(raw)
+
     if backend == "zarr":
         root = json.loads((path / "zarr.json").read_text())
-        change(root["attributes"]["tokstore"])
+        apply(root["attributes"]["tokstore"])
         (path / "zarr.json").write_text(json.dumps(root))
         return
     fd = os.open(path, os.O_RDWR)
     record, sequence = hdf5_container._read_record(fd, str(path))
     raw = record.to_dict()
-    change(raw)
+    apply(raw)
     payload = json.dumps(raw).encode()
     header = hdf5_container.SLOT_HEADER.pack(hdf5_container.SLOT_MAGIC, sequence + 1,
                                              len(payload), zlib.crc32(payload))

@@ -41,3 +41,21 @@ class NameNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class StoreWriteError(StoreError, OSError):
+    """The operating system refused a write (disk full, read-only, I/O error). Nothing after the
+    last commit counts; the store stays valid at it. Also an OSError: `.errno` and `.filename`
+    say what failed where."""
+
+    def __init__(self, path: str, action: str, error_number: int | None, reason: str):
+        OSError.__init__(self, error_number, reason, path)
+        self.message = f"{path}: {action} failed: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def from_os_error(cls, path: str, action: str, exc: OSError) -> "StoreWriteError":
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != path else ""
+        return cls(path, action, exc.errno, f"{exc.strerror or exc}{where}")

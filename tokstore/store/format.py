@@ -20,28 +20,45 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
 
 The commit record is one JSON object: it names the committed length and the running crc32 of
 every append-only array, the sample count, the static facts (format version, codebook size,
-end/pad tokens, code dtype, tokstore version) and the provenance `meta` (legacy_code_dtype,
-model_config, checkpoint_sha256, ...). Writing it is the commit: one small atomic write.
- - Zarr: the record is the `tokstore` attribute of the root group; zarr's LocalStore replaces
-   zarr.json through a temporary file and a rename, object stores replace objects whole.
+end/pad tokens, code dtype, tokstore version), the provenance `meta` (legacy_code_dtype,
+model_config, checkpoint_sha256, ...) and its own crc32 (`record_crc32`, over the rest as
+canonical JSON: an edited mean or checksum is damage; records written before it have none and
+read as they are). Writing it is the commit, and a commit is durable: every file written since
+the last commit is fsynced first, then the record is written.
+ - Zarr: the record is the `tokstore` attribute of the root group. The chunk and metadata files
+   written since the last commit and their directories are fsynced, then the root zarr.json is
+   replaced through a temporary file, fsync, rename and a directory fsync. zarr's LocalStore
+   itself writes every file through a temporary file and a rename (zarr >= 3.1.3), so a chunk
+   file is never half-written; object stores replace objects whole.
  - HDF5: the record lives in the file's userblock (bytes HDF5 never touches), in two slots
-   written alternately, each with a sequence number and a crc32; the newest valid slot wins.
+   written alternately, each with a sequence number and a crc32. A commit flushes HDF5, writes
+   the payload into the older slot, fsyncs, then writes that slot's header (the commit point)
+   and fsyncs: a torn record keeps the older header, and reads as the older slot's damage. The
+   newest intact slot wins; a damaged slot that is, or may be, newer is an error, never a quiet
+   rollback to the older commit (`TokenStore.open(path, rollback=True)` asks for that).
 Data beyond a committed length is invisible. Arrays only grow, and a rewritten partial chunk
 keeps its committed prefix byte for byte, so a crash at any moment leaves the last commit intact.
-Reopening for append cuts every array back to its committed length (zeroing the dropped tail of
-the last chunk, so the result is what an uninterrupted run writes) and carries on.
+Reopening a Zarr store for append cuts every array back to its committed length (zeroing the
+dropped tail of the last chunk) and carries on; an HDF5 store is reopened straight into SWMR mode,
+which cannot shrink datasets, so the next appends overwrite what lies past the commit. A resumed
+store holds the same content as an uninterrupted one (every array's committed bytes, the counts,
+the record); its files are byte-identical only when both made the same commits (Zarr).
 
 `counts` is derived data, rewritten whole at every commit, so it is not append-only: it has two
 slots, and a commit writes the slot its record does not name, then the record naming that slot
 (`counts_slot`) and its crc32. A crash between the two writes leaves the old record naming the
 intact old slot, so the committed counts always match the committed codes; the slot alternates
-with every commit (slot 0 after `create`), so stores built by the same commits are identical.
-A slot that fails its crc32 is damage: `check()` reports it, readers recompute from the codes.
+with every commit (slot 0 after `create`). A slot that fails its crc32 is damage: `check()`
+reports it, readers recompute from the codes.
 
-"Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted); commits are
-not fsynced, so what survives a power cut is up to the file system. One writer at a time: it
-holds an flock (zarr: `tokstore.lock` in the directory; HDF5: on the file); remote URLs have no
-lock. Chunks default to 512 KiB, so that a commit rewrites little and a read maps little.
+A local store is created beside its path (`.NAME.creating-*`) and renamed into place after its
+first commit, so a crash while creating leaves no half store (the next create removes the rest).
+"Crash" means the writing process dies (SIGKILL, the OOM killer, a node preempted) or the machine
+does (commits are fsynced). A write the OS refuses (ENOSPC, EROFS, EIO) raises StoreWriteError
+naming the file; the store stays at its last commit. One writer at a time: it holds an flock on
+the store's directory (zarr; `tokstore.lock` where a file system refuses that) or file (HDF5),
+which forked processes do not keep (see oscalls.py); remote URLs have no lock. Chunks default to
+512 KiB, so that a commit rewrites little and a read maps little.
 """
 from __future__ import annotations
 
@@ -57,6 +74,7 @@ from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreVersionE
 FORMAT_NAME = "tokstore"
 FORMAT_VERSION = 1
 RECORD_KEY = "tokstore"           # zarr root attribute holding the commit record
+RECORD_CHECKSUM = "record_crc32"  # the record's own checksum (see record_checksum)
 DEFAULT_CHUNK_BYTES = 1 << 19     # 512 KiB: small enough that a commit rewrites little
 
 # The append-only arrays, in write order, with their dtypes ("codes" depends on the codebook).
@@ -158,13 +176,15 @@ class Record:
         return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "tokstore_version": self.tokstore_version,
-                "codebook_size": self.codebook_size, "end_token": self.end_token,
-                "pad_token": self.pad_token, "code_dtype": self.code_dtype,
-                "samples": self.samples, "lengths": dict(self.lengths),
-                "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
-                "meta": self.meta}
+        record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                  "tokstore_version": self.tokstore_version,
+                  "codebook_size": self.codebook_size, "end_token": self.end_token,
+                  "pad_token": self.pad_token, "code_dtype": self.code_dtype,
+                  "samples": self.samples, "lengths": dict(self.lengths),
+                  "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
+                  "meta": self.meta}
+        record[RECORD_CHECKSUM] = record_checksum(record)
+        return record
 
     @classmethod
     def from_dict(cls, raw, where: str) -> "Record":
@@ -177,6 +197,14 @@ class Record:
         if version > FORMAT_VERSION:
             raise StoreVersionError(f"{where} has format version {version}; this tokstore reads "
                                     f"up to version {FORMAT_VERSION}: upgrade tokstore")
+        if RECORD_CHECKSUM in raw:  # records before tokstore 0.1.1 have none: read as they are
+            try:
+                intact = raw[RECORD_CHECKSUM] == record_checksum(raw)
+            except (TypeError, ValueError):  # not JSON-serializable: cannot be a written record
+                intact = False
+            if not intact:
+                raise StoreCorruptError(f"{where}: damaged commit record: its content does not "
+                                        f"match its checksum (edited, or damaged on disk)")
         try:
             return cls._parse(raw)
         except KeyError as exc:
@@ -217,6 +245,14 @@ class Record:
             raise ValueError(f"meta is {type(meta).__name__}, not a dict")
         return cls(size, code_dtype, samples, lengths, checksums, meta,
                    str(raw.get("tokstore_version", "")), counts_slot)
+
+
+def record_checksum(record: dict) -> str:
+    """crc32 of the record without its checksum, as canonical JSON (sorted keys, no spaces):
+    any edit of a value -- meta.mean, checkpoint_sha256, a length -- changes it."""
+    body = {key: value for key, value in record.items() if key != RECORD_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def probabilities(counts: np.ndarray) -> np.ndarray:

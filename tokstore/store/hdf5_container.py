@@ -12,24 +12,42 @@ Why this shape:
  - A SWMR writer releases HDF5's file lock, and a killed one leaves the superblock flagged "open
    for write", which HDF5 refuses to reopen. So writers hold their own `flock` on the file, and a
    writer that gets the lock knows the flags are stale and clears them (what `h5clear -s`
-   does: flags to 0, end-of-file address to at least the file size, superblock checksum redone).
- - Readers open with `swmr=True, locking=False` and read the record *before* HDF5's metadata,
-   so every committed chunk is indexed. Chunk byte offsets are looked up once per array, and raw
-   chunks are memory-mapped there: reads make no HDF5 call (also none in forked workers).
+   does: flags to 0, end-of-file address to at least the file size, superblock checksum redone);
+   a file a full disk left shorter than its end-of-file address is extended with zeros to it.
+ - A reopened store is opened straight into SWMR-write mode (no r+ moment a kill could leave
+   flagged "open for write, not SWMR", which no reader opens), so it is not truncated: SWMR
+   cannot shrink a dataset, and data past the commit is invisible until overwritten.
+ - Writes go through dataset handles kept open: a temporary h5py object closed by the garbage
+   collector reports a failed write only as "Exception ignored", so a full disk went unnoticed
+   and the commit record named chunks never written. Every HDF5 error now raises
+   StoreWriteError (errno from HDF5's message), the file is closed at once, and nothing more is
+   written: the store stays at its last commit.
+ - Readers open as SWMR readers without HDF5's locking and read the record *before* HDF5's
+   metadata, so every committed chunk is indexed. SWMR readers retry metadata that fails its
+   checksum (HDF5: 100 times, with back-off that makes a truncated file hang for hours): here
+   READ_ATTEMPTS. Chunk byte offsets are looked up once per array, and raw chunks are
+   memory-mapped there: reads make no HDF5 call (also none in forked workers).
+ - A new store is written to a temporary file beside its path and renamed into place after its
+   first commit, in SWMR mode: a build killed while creating leaves no half store.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
+import ctypes
+import functools
 import json
 import os
+import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .chunks import ChunkedArray, map_file, truncate_chunked, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreLockedError
+from . import oscalls
+from .chunks import ChunkedArray, map_file, write_growing
+from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
 from .format import Record, chunk_length
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -50,55 +68,60 @@ def superblock_position(fd: int) -> int | None:
     return None
 
 
+READ_ATTEMPTS = 25  # HDF5's SWMR default of 100, with exponential back-off, takes hours
+
+
 class HDF5Container:
     backend = "hdf5"
 
-    def __init__(self, path: str, file, fd: int, writable: bool, sequence: int):
+    def __init__(self, path: str, file, fd: int, writable: bool, sequence: int, lock=None,
+                 creating: Path | None = None):
         self.path, self.writable = path, writable
-        self._file, self._fd, self._sequence = file, fd, sequence
+        self._file, self._fd, self._sequence, self._lock = file, fd, sequence, lock
+        self._creating = creating  # the temporary file while the store is being created
+        self._datasets: dict = {}  # kept open: a dataset closed by the collector hides errors
         self._map = None
+        self._failed: str | None = None  # an earlier write failed: nothing more is written
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str, record: Record, dtypes: dict, chunk_bytes: int,
                overwrite: bool) -> "HDF5Container":
-        import h5py
-
         target = Path(path)
-        if target.exists():
-            if not overwrite:
-                raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
-            if target.is_dir() or not _is_store_file(target):
-                raise StoreError(f"{path} exists and is not a tokstore HDF5 store: "
-                                 f"not overwriting it")
-            target.unlink()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _lock(fd, path)
-            file = h5py.File(target, "w", libver="latest", userblock_size=USERBLOCK, locking=False)
-            for name, dtype in dtypes.items():
-                if name == "counts":  # fixed size, two slots of one chunk each
-                    file.create_dataset(name, shape=(2 * record.counts_length,), dtype=dtype,
-                                        chunks=(record.counts_length,), fillvalue=0)
-                else:
-                    file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                        chunks=(chunk_length(dtype, chunk_bytes),), fillvalue=0)
-            for key, value in record.to_dict().items():  # static facts, for h5dump and friends
-                if isinstance(value, int):
-                    file.attrs[key] = np.int64(value)
-                elif isinstance(value, str):
-                    file.attrs[key] = np.bytes_(value.encode())  # fixed-length, not vlen
+            if target.is_dir():
+                raise StoreError(f"{path} is a directory: an HDF5 store is one file")
+            if target.exists():
+                if not overwrite:
+                    raise StoreError(f"{path} already exists (not replacing it: "
+                                     f"TokenStore.create(..., overwrite=True) does)")
+                if target.is_dir() or not _is_store_file(target):
+                    raise StoreError(f"{path} exists and is not a tokstore HDF5 store: "
+                                     f"not overwriting it")
+                target.unlink()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            oscalls.remove_abandoned(target)
+            temporary = oscalls.creation_path(target)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
+        self = cls(path, None, fd, writable=True, sequence=0, creating=temporary)
+        try:
+            self._lock = oscalls.WriterLock.acquire(temporary, path)
+            self._file = _create_file(temporary, record, dtypes, chunk_bytes)
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            raise self._failure("creating the store", exc) from None
         except BaseException:
-            os.close(fd)
+            self.close()
             raise
-        return cls(path, file, fd, writable=True, sequence=0)
+        return self
 
     @classmethod
-    def open(cls, path: str, writable: bool) -> tuple["HDF5Container", Record]:
-        import h5py
-
+    def open(cls, path: str, writable: bool, rollback: bool = False
+             ) -> tuple["HDF5Container", Record]:
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        lock = None
         try:
             position = superblock_position(fd)
             if position is None:
@@ -107,35 +130,57 @@ class HDF5Container:
             if position != USERBLOCK:
                 raise NotAStoreError(f"{path} is an HDF5 file but not a tokstore store")
             if writable:
-                _lock(fd, path)
+                lock = oscalls.WriterLock.acquire(path, path)
                 _clear_stale_write_flags(fd, position, path)
-            record, sequence = _read_record(fd, path)  # before HDF5's metadata: see docstring
-            try:
-                if writable:
-                    file = h5py.File(path, "r+", libver="latest", locking=False)
-                else:
-                    file = h5py.File(path, "r", swmr=True, locking=False)
-            except OSError as exc:
-                if "already open for write" in str(exc):
-                    raise StoreError(f"{path} is being opened for writing, or its writer died "
-                                     f"before entering SWMR mode: retry, or open it with mode='a' "
-                                     f"to recover") from None
-                raise StoreCorruptError(f"{path}: HDF5 cannot open the file: {exc}") from None
+            record, sequence = _read_record(fd, path, rollback)  # before HDF5's metadata
+            file = _open_file(path, writable)
         except BaseException:
             os.close(fd)
+            if lock is not None:
+                lock.release()
             raise
-        return cls(path, file, fd, writable, sequence), record
+        return cls(path, file, fd, writable, sequence, lock), record
 
     def start_writing(self):
-        """Enter SWMR mode (after any truncation: SWMR cannot shrink datasets)."""
-        self._file.swmr_mode = True
+        """Enter SWMR mode (a new store; a reopened one is opened in it)."""
+        if not self._file.swmr_mode:
+            self._file.swmr_mode = True
+
+    def publish(self):
+        """Move a new store into place once its first commit is on disk: a build killed while
+        creating leaves only a temporary file, which the next create removes."""
+        if self._creating is None:
+            return
+        try:
+            oscalls.move_into_place(self._creating, Path(self.path))
+        except FileExistsError:
+            raise StoreError(f"{self.path} already exists: another process created it "
+                             f"meanwhile") from None
+        except OSError as exc:
+            raise self._failure("creating the store", exc) from None
+        self._lock.moved_to(self._creating, self.path)
+        self._creating = None
+        try:
+            oscalls.sync_dir(Path(self.path).parent)
+        except OSError as exc:
+            raise self._failure("creating the store", exc) from None
 
     # ---- reading -------------------------------------------------------------------------
     def _dataset(self, name: str):
-        try:
-            return self._file[name]
-        except KeyError:
-            raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
+        if name not in self._datasets:
+            if self._file is None:
+                raise StoreError(f"{self.path} is closed" + (f" after a failed write "
+                                                             f"({self._failed})" if self._failed
+                                                             else ""))
+            try:
+                self._datasets[name] = self._file[name]
+            except KeyError as exc:
+                reason = str(exc).strip("'\"").splitlines()[0]
+                if "doesn't exist" in reason or "does not exist" in reason:
+                    raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
+                raise StoreCorruptError(f"{self.path}: damaged HDF5 file: cannot open array "
+                                        f"{name}: {reason}") from None
+        return self._datasets[name]
 
     def array(self, name: str, dtype: np.dtype, length: int) -> ChunkedArray:
         dataset = self._dataset(name)
@@ -172,28 +217,175 @@ class HDF5Container:
 
     # ---- writing -------------------------------------------------------------------------
     def write(self, name: str, start: int, values: np.ndarray):
-        write_growing(self._dataset(name), start, values)
+        self._check_writable()
+        try:
+            write_growing(self._dataset(name), start, values)
+        except (OSError, RuntimeError) as exc:
+            raise self._failure(f"writing {name}", exc) from None
 
     def truncate(self, name: str, length: int):
-        truncate_chunked(self._dataset(name), length)
+        """Nothing to do: SWMR mode cannot shrink a dataset, and a reopened store is opened in
+        it (so that no moment leaves a file only a writer can open). Data past the commit is
+        invisible, and the next appends overwrite it."""
 
     def write_record(self, record: Record):
-        """Flush all data and HDF5 metadata, then write the record into the older slot."""
-        self._file.flush()
+        """Flush data and HDF5 metadata; the record's payload into the older slot; fsync; the
+        slot's header (the commit point); fsync. A record torn by a crash keeps its older header,
+        so it reads as the older slot's damage, never as a damaged newest commit."""
+        self._check_writable()
         payload = json.dumps(record.to_dict(), separators=(",", ":")).encode()
         if SLOT_HEADER.size + len(payload) > SLOT_SIZE:
             raise StoreError(f"{self.path}: the commit record is {len(payload)} bytes, over the "
                              f"HDF5 limit of {SLOT_SIZE - SLOT_HEADER.size}: keep meta smaller")
-        self._sequence += 1
-        header = SLOT_HEADER.pack(SLOT_MAGIC, self._sequence, len(payload), zlib.crc32(payload))
-        os.pwrite(self._fd, header + payload, (self._sequence % 2) * SLOT_SIZE)
+        if self._lock is not None:
+            self._lock.check()
+        sequence = self._sequence + 1
+        slot = (sequence % 2) * SLOT_SIZE
+        header = SLOT_HEADER.pack(SLOT_MAGIC, sequence, len(payload), zlib.crc32(payload))
+        try:
+            self._file.flush()
+        except (OSError, RuntimeError) as exc:
+            raise self._failure("writing data before the commit", exc) from None
+        try:
+            _pwrite_all(self._fd, payload, slot + SLOT_HEADER.size)
+            os.fsync(self._fd)
+            _pwrite_all(self._fd, header, slot)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._failure("writing the commit record", exc) from None
+        self._sequence = sequence
+
+    def _check_writable(self):
+        if self._failed is not None:
+            raise StoreError(f"{self.path}: not writing after an earlier failure "
+                             f"({self._failed}); the store is as its last commit left it")
+
+    def _failure(self, action: str, exc: Exception) -> StoreWriteError:
+        """A precise error for an HDF5 or OS failure; nothing more is written after it."""
+        text = str(exc)
+        number = getattr(exc, "errno", None)
+        found = re.search(r"errno = (\d+)", text)
+        if found:
+            number = int(found.group(1))
+        detail = re.search(r"error message = '([^']*)'", text)
+        reason = detail.group(1) if detail else (exc.strerror if isinstance(exc, OSError)
+                                                 and exc.strerror else text.splitlines()[0])
+        error = StoreWriteError(self.path, action, number, reason)
+        self._failed = str(error)
+        self._close_file()  # now, so that no h5py object retries the write when collected
+        return error
+
+    def _close_file(self):
+        file, datasets, self._file, self._datasets = self._file, self._datasets, None, {}
+        try:
+            with _quiet_if(self._failed is not None):
+                datasets.clear()  # each dataset closed here retries its failed write
+                if file is not None:
+                    file.close()  # closes every other object of the file too
+        except (OSError, RuntimeError) as exc:
+            if self._failed is None:
+                raise self._failure("closing", exc) from None
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._map = None
-        os.close(self._fd)
+        try:
+            self._close_file()
+        finally:
+            self._map = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock is not None:
+                self._lock.release()
+            if self._creating is not None:
+                self._creating.unlink(missing_ok=True)
+                self._creating = None
+
+
+@contextlib.contextmanager
+def _quiet_if(failed: bool):
+    """After a failed write, h5py reports the same failure again from every object it closes,
+    (Cython prints it through sys.excepthook, then sys.unraisablehook, "Exception ignored in
+    ..."): the error already raised says it."""
+    if not failed:
+        yield
+        return
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = (lambda *args: None), (lambda unraisable: None)
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
+
+
+def _create_file(path: Path, record: Record, dtypes: dict, chunk_bytes: int):
+    import h5py
+
+    file = h5py.File(path, "w", libver="latest", userblock_size=USERBLOCK, locking=False)
+    for name, dtype in dtypes.items():
+        if name == "counts":  # fixed size, two slots of one chunk each
+            file.create_dataset(name, shape=(2 * record.counts_length,), dtype=dtype,
+                                chunks=(record.counts_length,), fillvalue=0)
+        else:
+            file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                chunks=(chunk_length(dtype, chunk_bytes),), fillvalue=0)
+    for key, value in record.to_dict().items():  # static facts, for h5dump and friends
+        if isinstance(value, int):
+            file.attrs[key] = np.int64(value)
+        elif isinstance(value, str):
+            file.attrs[key] = np.bytes_(value.encode())  # fixed-length, not vlen
+    return file
+
+
+def _open_file(path: str, writable: bool):
+    """The file in SWMR mode: a writer as SWMR writer from the first moment, readers as SWMR
+    readers that give up on damaged metadata after READ_ATTEMPTS tries."""
+    import h5py
+    from h5py import h5f, h5p
+
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5f.LIBVER_LATEST, h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, ignore_when_disabled=False)
+    _limit_read_attempts(fapl)
+    flags = (h5f.ACC_RDWR | h5f.ACC_SWMR_WRITE) if writable else (h5f.ACC_RDONLY
+                                                                    | h5f.ACC_SWMR_READ)
+    try:
+        return h5py.File(h5f.open(os.fsencode(path), flags, fapl=fapl))
+    except (OSError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0]
+        if "already open for write" in reason:
+            raise StoreError(f"{path} is open for writing by an HDF5 program other than "
+                             f"tokstore (or one died): close it, or clear the flag with "
+                             f"h5clear -s") from None
+        raise StoreCorruptError(f"{path}: damaged HDF5 file: {reason}") from None
+
+
+def _limit_read_attempts(fapl) -> None:
+    """H5Pset_metadata_read_attempts, which h5py does not wrap: called in the libhdf5 h5py
+    loaded. Where that library cannot be found, HDF5's default applies."""
+    function = _read_attempts_setter()
+    if function is not None:
+        function(fapl.id, READ_ATTEMPTS)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_attempts_setter():
+    library = (oscalls.loaded_library("libhdf5-") or oscalls.loaded_library("libhdf5.")
+               or oscalls.loaded_library("libhdf5_serial."))
+    if library is None:
+        return None
+    try:
+        function = ctypes.CDLL(library).H5Pset_metadata_read_attempts
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = (ctypes.c_int64, ctypes.c_uint), ctypes.c_int
+    return function
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _is_store_file(path: Path) -> bool:
@@ -201,38 +393,42 @@ def _is_store_file(path: Path) -> bool:
         return superblock_position(f.fileno()) == USERBLOCK
 
 
-def _lock(fd: int, path: str):
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise StoreLockedError(f"{path} is open for writing by another process") from None
-
-
-def _read_record(fd: int, path: str) -> tuple[Record, int]:
-    """The newest slot whose frame and crc are intact, and its sequence number."""
-    best, damaged = None, False
+def _read_record(fd: int, path: str, rollback: bool = False) -> tuple[Record, int]:
+    """The newest slot, and its sequence number. Never a quiet rollback: a damaged slot that is,
+    or may be, newer than the intact one is an error (a crash mid-commit cannot make one, see
+    write_record) unless `rollback` asks for the intact one; a damaged slot known to be older is
+    left for the next commit to overwrite."""
+    valid, damaged = [], []  # (sequence, payload); damaged: sequence or None when unreadable
     for slot in range(2):
         header = os.pread(fd, SLOT_HEADER.size, slot * SLOT_SIZE)
+        if len(header) < SLOT_HEADER.size:
+            raise StoreCorruptError(f"{path}: damaged file: it ends inside the userblock")
         magic, sequence, length, crc = SLOT_HEADER.unpack(header)
         if magic != SLOT_MAGIC:
-            damaged |= header != bytes(SLOT_HEADER.size)
+            if header != bytes(SLOT_HEADER.size):
+                damaged.append(None)
             continue
         payload = os.pread(fd, min(length, SLOT_SIZE), slot * SLOT_SIZE + SLOT_HEADER.size)
         if len(payload) != length or zlib.crc32(payload) != crc:
-            damaged = True
+            damaged.append(sequence)
             continue
-        if best is None or sequence > best[1]:
-            best = (payload, sequence)
-    if best is None:
+        valid.append((sequence, payload))
+    if not valid:
         if damaged:
-            raise StoreCorruptError(f"{path}: damaged attributes: both commit records in the "
+            raise StoreCorruptError(f"{path}: damaged commit records: both slots in the "
                                     f"userblock fail their checksum")
         raise NotAStoreError(f"{path} is not a tokstore store (empty userblock)")
+    sequence, payload = max(valid)
+    if not rollback and any(other is None or other > sequence for other in damaged):
+        raise StoreCorruptError(
+            f"{path}: damaged newest commit record (it fails its checksum); the previous "
+            f"commit is intact but is not used silently: restore the file from a copy, or go "
+            f"back to the previous commit with TokenStore.open(path, rollback=True)")
     try:
-        raw = json.loads(best[0])
+        raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreCorruptError(f"{path}: damaged attributes: {exc}") from None
-    return Record.from_dict(raw, path), best[1]
+        raise StoreCorruptError(f"{path}: damaged commit record: {exc}") from None
+    return Record.from_dict(raw, path), sequence
 
 
 # ---- clearing a killed writer's superblock flags -------------------------------------------
@@ -240,18 +436,28 @@ SUPERBLOCK = struct.Struct("<8sBBBBQQQQI")  # v2/v3: sig, version, sizes, flags,
 
 
 def _clear_stale_write_flags(fd: int, position: int, path: str):
-    """We hold the writer lock, so 'open for write' flags are left over from a dead writer."""
+    """We hold the writer lock, so 'open for write' flags are left over from a dead writer; and
+    an end-of-file address past the file's end is space HDF5 allocated but could not write (a
+    full disk): the file is extended with zeros to it, as HDF5 requires of a file it writes.
+    Committed data never lies there: a commit flushes and fsyncs before its record."""
     raw = os.pread(fd, SUPERBLOCK.size, position)
+    if len(raw) < SUPERBLOCK.size:
+        raise StoreCorruptError(f"{path}: damaged HDF5 file: it ends inside the superblock")
     sig, version, offsets, lengths, flags, base, extension, eof, root, crc = SUPERBLOCK.unpack(raw)
     if version < 2 or offsets != 8:
         raise StoreCorruptError(f"{path}: unexpected HDF5 superblock version {version}")
     if lookup3(raw[:-4]) != crc:
         raise StoreCorruptError(f"{path}: HDF5 superblock checksum mismatch")
-    if flags == 0:
-        return
-    eof = max(eof, os.fstat(fd).st_size)
-    body = SUPERBLOCK.pack(sig, version, offsets, lengths, 0, base, extension, eof, root, 0)[:-4]
-    os.pwrite(fd, body + struct.pack("<I", lookup3(body)), position)
+    try:
+        if eof > os.fstat(fd).st_size:
+            os.ftruncate(fd, eof)
+        if flags == 0:
+            return
+        eof = max(eof, os.fstat(fd).st_size)
+        body = SUPERBLOCK.pack(sig, version, offsets, lengths, 0, base, extension, eof, root, 0)
+        _pwrite_all(fd, body[:-4] + struct.pack("<I", lookup3(body[:-4])), position)
+    except OSError as exc:
+        raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
 
 
 def lookup3(data: bytes, initval: int = 0) -> int:

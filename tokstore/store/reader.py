@@ -49,11 +49,22 @@ class StoreReader:
     # ---- one sample ----------------------------------------------------------------------
     def codes(self, i: int) -> np.ndarray:
         offsets = self.offsets
-        return self._codes.read(offsets.item(i), offsets.item(i + 1))
+        start, stop = offsets.item(i), offsets.item(i + 1)
+        if not 0 <= start <= stop <= self._codes.length:
+            raise self._damaged("offsets", i, start, stop, self._codes.length)
+        return self._codes.read(start, stop)
+
+    def _damaged(self, offsets: str, i: int, start: int, stop: int, length: int):
+        return StoreCorruptError(f"{self._container.path}: damaged {offsets}: sample {i} spans "
+                                 f"{start}..{stop}, outside the {length} committed values")
 
     def name(self, i: int) -> str:
         bounds = self.loaded("name_offsets")
-        raw = self.array("names").read(bounds.item(i), bounds.item(i + 1))
+        start, stop = bounds.item(i), bounds.item(i + 1)
+        names = self.array("names")
+        if not 0 <= start <= stop <= names.length:
+            raise self._damaged("name_offsets", i, start, stop, names.length)
+        raw = names.read(start, stop)
         try:
             return raw.tobytes().decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -64,7 +75,11 @@ class StoreReader:
         if first == last:
             return []
         bounds = self.loaded("line_offsets")[first:last + 1].tolist()
-        raw = self.array("text").read(bounds[0], bounds[-1]).tobytes()
+        text = self.array("text")
+        if not (0 <= first < last < self.record.lengths["line_offsets"]
+                and 0 <= bounds[0] and bounds == sorted(bounds) and bounds[-1] <= text.length):
+            raise self._damaged("sample_lines/line_offsets", i, first, last, text.length)
+        raw = text.read(bounds[0], bounds[-1]).tobytes()
         base = bounds[0]
         try:
             return [raw[a - base:b - base].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
@@ -77,6 +92,10 @@ class StoreReader:
     def lengths(self) -> np.ndarray:
         if "lengths" not in self._loaded:
             lengths = np.diff(self.offsets)
+            if lengths.size and lengths.min() < 0:
+                i = int(np.argmax(lengths < 0))
+                raise self._damaged("offsets", i, self.offsets.item(i), self.offsets.item(i + 1),
+                                    self._codes.length)
             lengths.flags.writeable = False
             self._loaded["lengths"] = lengths
         return self._loaded["lengths"]

@@ -88,15 +88,18 @@ class TokenStore:
             container.write("counts", 0, np.zeros(record.counts_length, np.int64))  # slot 0
             container.write_record(record)
             container.start_writing()
+            container.publish()  # a local store appears at its path only now, whole
             return cls(container, record, writable=True)
         except BaseException:
             container.close()
             raise
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> "TokenStore":
+    def open(cls, path, mode: str = "r", *, rollback: bool = False) -> "TokenStore":
         """Open at its last commit. mode "r" reads; "a" also appends, after cutting away
-        whatever a killed writer left past the last commit."""
+        whatever a killed writer left past the last commit. A damaged newest commit record is an
+        error; rollback=True opens the previous commit instead (HDF5 keeps two; with mode "a"
+        the next commit overwrites the damaged one)."""
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' or 'a', not {mode!r}")
         path = os.fspath(path)
@@ -104,7 +107,7 @@ class TokenStore:
         if local is not None and not local.exists():
             raise NotAStoreError(f"{path} does not exist")
         container_type = HDF5Container if local is not None and local.is_file() else ZarrContainer
-        container, record = container_type.open(path, writable=mode == "a")
+        container, record = container_type.open(path, writable=mode == "a", rollback=rollback)
         try:
             if mode == "a":
                 for name in ARRAYS:

@@ -5,10 +5,16 @@ parsed here and, when the layout is the plain one tokstore writes (regular 1-D c
 codec, little-endian, no compression), chunk files are memory-mapped, so that reading one
 sample costs a numpy slice instead of a zarr call (~400 us). Anything else -- URLs, compressed
 copies -- is read through zarr one whole chunk at a time.
+
+A local store is created in a temporary directory beside its path and renamed into place once
+its first commit is on disk (a killed creation leaves only that, removed by the next create).
+A commit fsyncs every chunk and metadata file written since the last commit and their
+directories, then replaces the root zarr.json (the record) through a temporary file, fsync,
+rename and a directory fsync (oscalls.replace_file).
 """
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import os
 import shutil
@@ -16,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import oscalls
 from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreLockedError
+from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
 from .format import RECORD_KEY, Record, chunk_length
 
 LOCK_FILE = "tokstore.lock"
@@ -39,7 +46,10 @@ class ZarrContainer:
         self._target = str(self.dir) if self.dir is not None else path  # local: zarr's LocalStore
         self._group = None
         self._arrays: dict = {}
-        self._lock_fd: int | None = None
+        self._lock: oscalls.WriterLock | None = None
+        self._creating: Path | None = None  # the temporary directory while being created
+        self._root: dict | None = None      # the root zarr.json, rewritten at each commit
+        self._touched: set[Path] = set()    # files and directories written since the last commit
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -50,51 +60,88 @@ class ZarrContainer:
 
         self = cls(path, writable=True)
         if self.dir is not None:
-            occupied = self.dir.is_file() or (self.dir.is_dir() and any(self.dir.iterdir()))
-            if occupied:
-                if not overwrite:
-                    raise StoreError(f"{path} already exists (pass overwrite=True to replace it)")
-                if not (self.dir / "zarr.json").is_file():
-                    raise StoreError(f"{path} exists and is not a Zarr store: not overwriting it")
-                shutil.rmtree(self.dir)
-            self.dir.mkdir(parents=True, exist_ok=True)
-        try:  # a local directory is empty by now; "w" would delete a lock file taken before
-            self._group = zarr.open_group(self._target,
-                                          mode="w" if overwrite and self.dir is None else "w-")
+            try:
+                occupied = self.dir.is_file() or (self.dir.is_dir() and any(self.dir.iterdir()))
+                if occupied:
+                    if not overwrite:
+                        raise StoreError(f"{path} already exists (not replacing "
+                                         f"it: TokenStore.create(..., overwrite=True) does)")
+                    if not (self.dir / "zarr.json").is_file():
+                        raise StoreError(f"{path} exists and is not a Zarr store: not "
+                                         f"overwriting it")
+                    shutil.rmtree(self.dir)
+                self.dir.parent.mkdir(parents=True, exist_ok=True)
+                oscalls.remove_abandoned(self.dir)
+                self._creating = oscalls.creation_path(self.dir)
+                self._creating.mkdir()
+                self._lock = oscalls.WriterLock.acquire(self._creating, path,
+                                                        self._creating / LOCK_FILE)
+            except OSError as exc:
+                self.close()
+                raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
+            self._target = str(self._creating)
+        remote = "w" if overwrite else "w-"
+        try:  # a local directory is new, ours, and holds at most the lock file
+            self._group = zarr.open_group(self._target, mode=remote if self.dir is None else "a")
+            for name, dtype in dtypes.items():
+                if name == "counts":  # fixed size, two slots of one chunk each
+                    shape, chunk = 2 * record.counts_length, record.counts_length
+                else:
+                    shape, chunk = 0, chunk_length(dtype, chunk_bytes)
+                self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
+                                         compressors=None, filters=None, fill_value=0)
         except (ContainsGroupError, ContainsArrayError, FileExistsError):
-            raise StoreError(f"{path} already exists (pass overwrite=True to replace it)") from None
-        if self.dir is not None:
-            self._lock()
-        for name, dtype in dtypes.items():
-            if name == "counts":  # fixed size, two slots of one chunk each
-                shape, chunk = 2 * record.counts_length, record.counts_length
-            else:
-                shape, chunk = 0, chunk_length(dtype, chunk_bytes)
-            self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
-                                     compressors=None, filters=None, fill_value=0)
+            self.close()
+            raise StoreError(f"{path} already exists (not replacing it: "
+                             f"TokenStore.create(..., overwrite=True) does)") from None
+        except OSError as exc:
+            self.close()
+            raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
+        except BaseException:
+            self.close()
+            raise
+        if self._creating is not None:  # everything in it is new: all of it is synced
+            self._touched.update(self._creating.rglob("*"))
         return self
 
+    def publish(self):
+        """Rename a new local store into place once its first commit is on disk."""
+        if self._creating is None:
+            return
+        try:
+            os.rename(self._creating, self.dir)  # replaces an empty directory, not a full one
+            oscalls.sync_dir(self.dir.parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise StoreError(f"{self.path} already exists: another process created it "
+                                 f"meanwhile") from None
+            raise StoreWriteError.from_os_error(self.path, "creating the store", exc) from None
+        self._lock.moved_to(self._creating, self.dir)
+        self._creating, self._target = None, str(self.dir)
+        self._group, self._arrays = None, {}
+
     @classmethod
-    def open(cls, path: str, writable: bool) -> tuple["ZarrContainer", Record]:
-        self = cls(path, writable)
+    def open(cls, path: str, writable: bool, rollback: bool = False
+             ) -> tuple["ZarrContainer", Record]:
+        self = cls(path, writable)  # rollback: zarr keeps one record, there is none to go back to
         if self.dir is not None:
             if not (self.dir / "zarr.json").is_file():
                 what = "does not exist" if not self.dir.exists() else "is not a tokstore store"
                 raise NotAStoreError(f"{path} {what} (no zarr.json)")
             if writable:
-                self._lock()
-                for leftover in self.dir.rglob("*.partial"):  # temp files of a killed writer
-                    leftover.unlink()
-        return self, self._read_record()
-
-    def _lock(self):
-        self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+                self._lock = oscalls.WriterLock.acquire(self.dir, path, self.dir / LOCK_FILE)
+                try:  # temporary files of a killed writer (zarr's chunks, our records)
+                    for leftover in [*self.dir.rglob("*.partial"),
+                                     *self.dir.glob(".zarr.json.*.tmp")]:
+                        leftover.unlink()
+                except OSError as exc:
+                    self.close()
+                    raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise StoreLockedError(f"{self.path} is open for writing by another process") from None
+            return self, self._read_record()
+        except BaseException:
+            self.close()
+            raise
 
     def group(self):
         if self._group is None:
@@ -115,6 +162,7 @@ class ZarrContainer:
             if not isinstance(root, dict) or root.get("node_type") != "group":
                 raise NotAStoreError(f"{self.path} is not a tokstore store (not a Zarr group)")
             attrs = root.get("attributes") or {}
+            self._root = root
         else:
             import zarr
 
@@ -157,7 +205,11 @@ class ZarrContainer:
         chunk_len = array.chunks[0]
 
         def load(k: int) -> np.ndarray:
-            return np.asarray(array[k * chunk_len:min((k + 1) * chunk_len, array.shape[0])])
+            try:
+                return np.asarray(array[k * chunk_len:min((k + 1) * chunk_len, array.shape[0])])
+            except Exception as exc:  # codecs raise what they like (BadGzipFile, TypeError, ...)
+                raise StoreCorruptError(f"{self.path}: zarr cannot read chunk {k} of {name}: "
+                                        f"{type(exc).__name__}: {exc}") from None
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=False)
 
@@ -194,23 +246,78 @@ class ZarrContainer:
                 self._arrays[name] = self.group()[name].with_config({"write_empty_chunks": True})
             except KeyError:
                 raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
+            except Exception as exc:  # metadata zarr cannot parse (unknown codec, bad JSON)
+                raise StoreCorruptError(f"{self.path}: zarr cannot open array {name}: "
+                                        f"{type(exc).__name__}: {exc}") from None
         return self._arrays[name]
 
     # ---- writing -------------------------------------------------------------------------
     def write(self, name: str, start: int, values: np.ndarray):
-        write_growing(self._zarr_array(name), start, values)
+        array = self._zarr_array(name)
+        self._touch(name, array, start, start + len(values), array.shape[0] < start + len(values))
+        try:
+            write_growing(array, start, values)
+        except OSError as exc:
+            raise StoreWriteError.from_os_error(self.path, f"writing {name}", exc) from None
 
     def truncate(self, name: str, length: int):
-        truncate_chunked(self._zarr_array(name), length)
+        array = self._zarr_array(name)
+        if array.shape[0] > length:
+            self._touch(name, array, length, array.shape[0], True)
+        try:
+            truncate_chunked(array, length)
+        except OSError as exc:
+            raise StoreWriteError.from_os_error(self.path, f"truncating {name}", exc) from None
+
+    def _touch(self, name: str, array, start: int, stop: int, metadata: bool):
+        """Note the chunk files (and their directories) that values [start, stop) land in."""
+        if self.dir is None or stop <= start:
+            return
+        folder = Path(self._target) / name
+        chunk_len = array.chunks[0]
+        for k in range(start // chunk_len, (stop - 1) // chunk_len + 1):
+            chunk = folder / array.metadata.encode_chunk_key((k,))
+            self._touched.update((chunk, chunk.parent))
+        if metadata:  # a resize rewrites the array's zarr.json (and may delete chunk files)
+            self._touched.update((folder / "zarr.json", folder))
 
     def start_writing(self):
         """Nothing to switch on for zarr (HDF5 enters SWMR mode here)."""
 
     def write_record(self, record: Record):
-        self.group().attrs.update({RECORD_KEY: record.to_dict()})
+        """The commit: every file written since the last one synced, then the record."""
+        if self.dir is None:
+            try:
+                self.group().attrs.update({RECORD_KEY: record.to_dict()})
+            except OSError as exc:
+                raise StoreWriteError.from_os_error(self.path, "writing the commit record",
+                                                    exc) from None
+            return
+        if self._lock is not None:
+            self._lock.check()
+        where = Path(self._target)
+        try:
+            if self._root is None:  # a new store: the group zarr wrote
+                self._root = json.loads((where / "zarr.json").read_text())
+            root = {**self._root, "attributes": {**(self._root.get("attributes") or {}),
+                                                 RECORD_KEY: record.to_dict()}}
+            for path in sorted(self._touched, key=lambda p: (p.is_dir(), str(p))):
+                try:  # files first, then the directories holding them
+                    oscalls.sync_dir(path) if path.is_dir() else oscalls.sync_file(path)
+                except FileNotFoundError:  # a chunk file a truncation deleted
+                    pass
+            oscalls.replace_file(where / "zarr.json",
+                                 json.dumps(root, indent=2, allow_nan=False).encode())
+        except OSError as exc:
+            raise StoreWriteError.from_os_error(self.path, "committing", exc) from None
+        self._root = root
+        self._touched.clear()
 
     def close(self):
         self._group, self._arrays = None, {}
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._creating is not None:  # a creation that did not finish
+            shutil.rmtree(self._creating, ignore_errors=True)
+            self._creating = None

@@ -1,0 +1,69 @@
+"""The build command (`python -m cli build`) killed while it creates its store, or meeting a full
+disk: re-running the same command completes the store, equal to an uninterrupted build."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from build_helpers import CLI, REPO, assert_same_store, build_args, subprocess_env, tiny_setup
+from store_faults import KILLED
+
+SITE = Path(__file__).resolve().parent / "fault_site"
+
+
+def build(args, **faults):
+    env = subprocess_env()
+    if faults:
+        env["PYTHONPATH"] = f"{SITE}{os.pathsep}{env['PYTHONPATH']}"
+        env.update({f"TOKSTORE_TEST_{k.upper()}": str(v) for k, v in faults.items()})
+    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+@pytest.mark.parametrize("suffix, stop_at", [(".zarr", "zarr.write_record"),
+                                             (".zarr", "zarr.publish"),
+                                             (".h5", "hdf5.start_writing"),
+                                             (".h5", "hdf5.publish")])
+def test_build_killed_while_creating_its_store_resumes(tmp_path, suffix, stop_at):
+    dataset, checkpoint = tiny_setup(tmp_path, n=12)
+    reference = tmp_path / f"reference{suffix}"
+    traced = tmp_path / "trace.txt"
+    done = build(build_args(dataset, checkpoint, reference), trace=traced)
+    assert done.returncode == 0, done.stderr
+    step = traced.read_text().split().index(stop_at) + 1  # the first: while creating
+
+    store = tmp_path / f"store{suffix}"
+    killed = build(build_args(dataset, checkpoint, store), exit_at=step)
+    assert killed.returncode == KILLED, killed.stderr
+    rerun = build(build_args(dataset, checkpoint, store))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already complete" not in rerun.stdout + rerun.stderr
+    assert_same_store(store, reference)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".store{suffix}")] == []
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_build_on_a_full_disk_stops_with_one_line_and_resumes(tmp_path, suffix):
+    dataset, checkpoint = tiny_setup(tmp_path, n=12)
+    reference = tmp_path / f"reference{suffix}"
+    traced = tmp_path / "trace.txt"
+    done = build(build_args(dataset, checkpoint, reference, "--commit-every", "4"), trace=traced)
+    assert done.returncode == 0, done.stderr
+    trace = traced.read_text().split()
+    last_commit = max(i for i, kind in enumerate(trace) if kind.endswith("write_record"))
+    target = next(i for i in range(last_commit, len(trace)) if trace[i] in ("fsync", "pwrite"))
+
+    store = tmp_path / f"store{suffix}"
+    args = build_args(dataset, checkpoint, store, "--commit-every", "4")
+    full = build(args, enospc_at=target + 1)
+    assert full.returncode == 1, full.stdout
+    lines = full.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and str(store) in lines[-1], full.stderr
+    assert "No space left on device" in lines[-1] and "Traceback" not in full.stderr
+    assert "built" not in full.stdout
+    rerun = build(args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already complete" not in rerun.stdout + rerun.stderr
+    assert_same_store(store, reference)
