@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import TokstoreError
 from .sources import read_split
+from .store.format import crc32
 
 HUMANML3D_FPS = 20.0
 KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
@@ -360,15 +361,28 @@ def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(drop, np.where(tail, DROP_LAST, DROP_FIRST), KEEP)
 
 
+def _is_count(value) -> bool:
+    """An int >= 0 (numpy's too), not a bool, float or str: int() would round or parse those."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and value >= 0
+
+
+def _slot_count(value, caption) -> int:
+    if not _is_count(value):
+        raise LoaderError(f"text_slots gave {value!r} for the caption {caption!r}: it must "
+                          f"give a count >= 0 (an int)")
+    return int(value)
+
+
 def _slot_counts(text_slots, captions, count: int) -> np.ndarray:
     """Text slots per row: a fixed count, or `text_slots(caption)` for each row's caption."""
     if callable(text_slots):
-        slots = np.fromiter((int(text_slots(c)) for c in captions), dtype=np.int64, count=count)
-    else:
-        slots = np.full(count, int(text_slots), dtype=np.int64)
-    if (slots < 0).any():
-        raise LoaderError(f"text slot counts must not be negative, got {int(slots.min())}")
-    return slots
+        return np.fromiter((_slot_count(text_slots(c), c) for c in captions), dtype=np.int64,
+                           count=count)
+    if not _is_count(text_slots):
+        raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
+                          f"not {text_slots!r}")
+    return np.full(count, int(text_slots), dtype=np.int64)
 
 
 def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
@@ -464,7 +478,7 @@ class CodeCollator:
             raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         fixed = 0 if self.layout == LAYOUT_T2M_GPT or callable(self.text_slots) else \
             self.text_slots
-        if not callable(fixed) and (not isinstance(fixed, (int, np.integer)) or fixed < 0):
+        if not callable(fixed) and not _is_count(fixed):
             raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
                               f"not {self.text_slots!r}")
         if self.block_size is not None and self.block_size < fixed + 1:
@@ -509,6 +523,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         if not 0 <= rank < num_replicas:
             raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        self._lengths_crc32 = crc32(self.lengths.astype("<i8", copy=False))  # see _order_args
         self.batch_size = batch_size
         self.pool_batches = pool_batches
         self.drop_last = drop_last
@@ -549,8 +564,15 @@ class LengthBucketSampler(Sampler[list[int]]):
             yield batch.tolist()
 
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes."""
+        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes. Moving
+        to another epoch while a loaded state still has batches of its own to resume is refused:
+        an off-by-one epoch counter in the loop would silently skip them."""
         if epoch != self.epoch:
+            if 0 < self._resume_at < len(self):
+                raise LoaderError(f"a loaded state resumes epoch {self.epoch} at batch "
+                                  f"{self._resume_at} of {len(self)}: set_epoch({epoch}) would "
+                                  f"skip the rest of it (call set_epoch({self.epoch}) first, or "
+                                  f"load the state after set_epoch)")
             self.epoch, self._resume_at, self._handed_out = epoch, 0, 0
 
     def state_dict(self, batches_done: int | None = None) -> dict:
@@ -560,23 +582,29 @@ class LengthBucketSampler(Sampler[list[int]]):
         return {"epoch": self.epoch, "batches_done": int(done), **self._order_args()}
 
     def _order_args(self) -> dict:
-        """What decides the order: a state saved under other values resumes another order."""
+        """What decides the order: a state saved under other values resumes another order (the
+        lengths too: another dataset of as many samples buckets them otherwise)."""
         return {"seed": self.seed, "batch_size": self.batch_size,
                 "pool_batches": self.pool_batches, "drop_last": self.drop_last,
-                "num_samples": len(self.lengths), "num_replicas": self.num_replicas,
-                "rank": self.rank}
+                "num_samples": len(self.lengths), "lengths_crc32": self._lengths_crc32,
+                "num_replicas": self.num_replicas, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise LoaderError(f"a sampler state is the dict state_dict() returns, not "
+                              f"{type(state).__name__}")
         mine = self._order_args()
         for key in mine:
             if state.get(key) != mine[key]:
                 raise LoaderError(f"sampler state has {key}={state.get(key)!r}, this sampler "
                                   f"{mine[key]!r}: it resumes a different order")
-        if not 0 <= state["batches_done"] <= len(self):
-            raise LoaderError(f"sampler state has batches_done={state['batches_done']} of "
-                              f"{len(self)} batches")
-        self.epoch = int(state["epoch"])
-        self._resume_at = self._handed_out = int(state["batches_done"])
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not _is_count(epoch):
+            raise LoaderError(f"sampler state has epoch={epoch!r}, not a count")
+        if not _is_count(done) or done > len(self):
+            raise LoaderError(f"sampler state has batches_done={done!r} of {len(self)} batches")
+        self.epoch = int(epoch)
+        self._resume_at = self._handed_out = int(done)
 
 
 # --------------------------------------------------------------------------- resumable loader
@@ -611,9 +639,10 @@ class ResumableLoader:
             yield batch
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.batch_sampler.epoch:
+        moved = epoch != self.batch_sampler.epoch
+        self.batch_sampler.set_epoch(epoch)   # first: it refuses to drop a loaded state
+        if moved:
             self._start = self._received = 0
-        self.batch_sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return {"sampler": self.batch_sampler.state_dict(batches_done=self._received)}

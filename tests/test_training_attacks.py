@@ -1,0 +1,123 @@
+"""The training side attacked as an unlucky or hostile user would: text slot counters that
+return something other than a count, resume states that are malformed or belong to another
+dataset or epoch.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tokstore.torch import (CodeCollator, CodeItem, LengthBucketSampler, LoaderError,
+                            ResumableLoader, collate_codes)
+
+END, PAD = 512, 513
+LENGTHS = np.random.default_rng(3).integers(1, 60, size=100)
+
+
+def items(*lengths, caption="a b c"):
+    return [CodeItem(torch.arange(n, dtype=torch.int64), caption, None) for n in lengths]
+
+
+# --------------------------------------------------------------------------- text slot counts
+
+@pytest.mark.parametrize("returned", [2.7, "3", None, 1.0])
+def test_a_text_slot_callable_must_return_a_count(returned):
+    """A tokenizer wrapper returning a float, a str or None must not be rounded, parsed or crash
+    with a bare TypeError: the row's text slots would silently be wrong."""
+    with pytest.raises(LoaderError, match="text_slots"):
+        collate_codes(items(3, 4), END, PAD, 12, text_slots=lambda caption: returned)
+    with pytest.raises(LoaderError, match="text_slots"):
+        CodeCollator(END, PAD, block_size=12, text_slots=lambda caption: returned)(items(3))
+
+
+def test_a_fixed_text_slot_count_must_be_a_count_in_collate_codes_too():
+    with pytest.raises(LoaderError, match="text_slots"):
+        collate_codes(items(3), END, PAD, 12, text_slots=2.5)
+
+
+def test_integral_text_slot_counts_are_taken():
+    rows = collate_codes(items(2, 1), END, PAD, 6,
+                         text_slots=lambda caption: np.int64(2)).tokens.tolist()
+    assert rows == [[PAD, PAD, 0, 1, END, PAD], [PAD, PAD, 0, END, PAD, PAD]]
+
+
+# --------------------------------------------------------------------------- resume states
+
+def sampler(lengths=LENGTHS, **args):
+    return LengthBucketSampler(lengths, batch_size=8, pool_batches=2, seed=5, **args)
+
+
+def test_a_state_of_another_dataset_with_as_many_samples_is_refused():
+    """Same count, other lengths: the bucketed order differs, so resuming would skip and repeat
+    samples of the new dataset."""
+    first = sampler()
+    it = iter(first)
+    [next(it) for _ in range(4)]
+    state = first.state_dict()
+    other = LENGTHS[::-1].copy()
+    assert [b.tolist() for b in sampler(other).epoch_batches()] != \
+        [b.tolist() for b in first.epoch_batches()]
+    with pytest.raises(LoaderError, match="lengths"):
+        sampler(other).load_state_dict(state)
+    again = sampler(LENGTHS.copy())
+    again.load_state_dict(pickle.loads(pickle.dumps(state)))
+    assert [b for b in again] == [b.tolist() for b in first.epoch_batches()[4:]]
+
+
+@pytest.mark.parametrize("state", [
+    [], "epoch 3", {"sampler": []}, {"sampler": None},
+    {"sampler": {"batches_done": 2}},
+])
+def test_malformed_loader_states_are_refused_clearly(state):
+    loader = ResumableLoader(list(range(len(LENGTHS))), sampler(), collate_fn=list)
+    with pytest.raises(LoaderError):
+        loader.load_state_dict(state)
+
+
+@pytest.mark.parametrize("change", [
+    {"batches_done": "2"}, {"batches_done": 1.5}, {"batches_done": None}, {"epoch": "x"},
+    {"epoch": -1}, {"epoch": 2.5}, {"batches_done": True},
+])
+def test_sampler_states_with_values_of_the_wrong_kind_are_refused(change):
+    state = sampler().state_dict() | change
+    fresh = sampler()
+    with pytest.raises(LoaderError):
+        fresh.load_state_dict(state)
+    assert fresh.epoch == 0 and len(list(fresh)) == len(fresh)   # left as it was
+
+
+def test_a_sampler_state_without_batches_done_is_refused():
+    state = sampler().state_dict()
+    del state["batches_done"]
+    with pytest.raises(LoaderError, match="batches_done"):
+        sampler().load_state_dict(state)
+
+
+def test_moving_to_another_epoch_with_a_loaded_state_pending_is_refused():
+    """A loop that loads epoch 3's state at batch 4 and then calls set_epoch(4) (an off-by-one
+    epoch counter) would silently skip the rest of epoch 3."""
+    first = sampler()
+    first.set_epoch(3)
+    state = first.state_dict(batches_done=4)
+    loader = ResumableLoader(list(range(len(LENGTHS))), sampler(), collate_fn=list)
+    loader.load_state_dict({"sampler": state})
+    with pytest.raises(LoaderError, match="epoch 3"):
+        loader.set_epoch(4)
+    loader.set_epoch(3)                     # the epoch it resumes: fine
+    rest = [batch for batch in loader]
+    assert len(rest) == len(first) - 4
+    loader.set_epoch(4)                     # once it has resumed, any epoch
+    assert len(list(loader)) == len(first)
+
+
+def test_states_at_an_epochs_edges_move_on_freely():
+    """Loaded at batch 0 or after the last batch, nothing of the epoch is pending: set_epoch to
+    another epoch is what the loop does next."""
+    for done in (0, len(sampler())):
+        resumed = sampler()
+        resumed.load_state_dict(sampler().state_dict(batches_done=done) | {"epoch": 3})
+        resumed.set_epoch(4)
+        assert resumed.epoch == 4 and len(list(resumed)) == len(resumed)
