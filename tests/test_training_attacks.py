@@ -121,3 +121,58 @@ def test_states_at_an_epochs_edges_move_on_freely():
         resumed.load_state_dict(sampler().state_dict(batches_done=done) | {"epoch": 3})
         resumed.set_epoch(4)
         assert resumed.epoch == 4 and len(list(resumed)) == len(resumed)
+
+
+# --------------------------------------------------------------------------- a batch as a list
+
+@pytest.fixture()
+def store_path(tmp_path):
+    from tokstore import TokenStore
+
+    path = tmp_path / "codes.zarr"
+    with TokenStore.create(path, 512) as store:
+        store.append([f"n{k}" for k in range(12)], [np.arange(k + 1) for k in range(12)],
+                     [["a b\n", "c\n"]] * 12)
+        store.commit()
+    return path
+
+
+def sort_by_length(batch):
+    """T2M-GPT's collates sort the batch in place, longest first."""
+    batch.sort(key=lambda it: it.codes.shape[0], reverse=True)
+    return batch
+
+
+def test_a_collate_that_sorts_or_shuffles_the_batch_in_place_works(store_path):
+    """torch hands the collate what __getitems__ returns, which its contract says is a list of
+    samples: a collate written for a plain dataset must not meet a read-only sequence."""
+    import random
+
+    from torch.utils.data import DataLoader
+
+    from tokstore.torch import CodeDataset
+
+    dataset = CodeDataset(store_path)
+    batches = list(DataLoader(dataset, batch_size=4, collate_fn=sort_by_length))
+    assert [[it.name for it in b] for b in batches] == [
+        ["n3", "n2", "n1", "n0"], ["n7", "n6", "n5", "n4"], ["n11", "n10", "n9", "n8"]]
+    batch = dataset.__getitems__([0, 1, 2])
+    random.Random(1).shuffle(batch)
+    assert sorted(it.name for it in batch) == ["n0", "n1", "n2"]
+    assert [it.name for it in batch + [dataset[3]]][-1] == "n3"
+    assert [it.name for it in [dataset[3]] + batch][0] == "n3"
+    del batch[0]
+    batch.append(dataset[5])
+    assert len(batch) == 3 and batch[-1].name == "n5"
+
+
+def test_collate_codes_follows_a_batch_reordered_in_place(store_path):
+    """After a collate reorders the batch, the rows must follow the new order, not the order the
+    batch was read in."""
+    from tokstore.torch import CodeDataset
+
+    dataset = CodeDataset(store_path)
+    batch = sort_by_length(dataset.__getitems__([1, 4, 2]))
+    rows = collate_codes(batch, END, PAD, 8, text_slots=1)
+    assert rows.names == ["n4", "n2", "n1"] and rows.lengths.tolist() == [5, 3, 2]
+    assert rows.tokens.tolist()[0] == [PAD, 0, 1, 2, 3, 4, END, PAD]

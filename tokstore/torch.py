@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -114,25 +114,57 @@ class CodeItem(NamedTuple):
     name: str | None             # None when the dataset was made with names=False
 
 
-class CodeItems(Sequence):
+class CodeItems(MutableSequence):
     """A batch of items as `CodeDataset.__getitems__` reads it: every code in one flat tensor,
-    split by `lengths`. It is a sequence of CodeItem for any collate; `collate_codes` uses the
-    flat tensor directly."""
+    split by `lengths`. It is a list-like sequence of CodeItem for any collate (torch's contract
+    for __getitems__ is a list): a collate may sort, shuffle, add or edit it in place, which
+    turns it into a plain list of CodeItem inside. `collate_codes` uses the flat tensor directly
+    while the batch is as read (`as_read`)."""
 
-    __slots__ = ("codes", "lengths", "captions", "names", "_ends")
+    __slots__ = ("codes", "lengths", "captions", "names", "_ends", "_list")
 
     def __init__(self, codes: torch.Tensor, lengths: np.ndarray, captions: list, names: list):
         self.codes, self.lengths, self.captions, self.names = codes, lengths, captions, names
         self._ends = np.cumsum(lengths).tolist()
+        self._list = None    # the items, once a collate changed the batch
+
+    @property
+    def as_read(self) -> bool:
+        return self._list is None
+
+    def _items(self) -> list:
+        if self._list is None:
+            self._list = [self[k] for k in range(len(self))]
+        return self._list
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.captions) if self._list is None else len(self._list)
 
     def __getitem__(self, k):
+        if self._list is not None:
+            return self._list[k]
         if isinstance(k, slice):
             return [self[j] for j in range(*k.indices(len(self)))]
         end = self._ends[k]
         return CodeItem(self.codes[end - int(self.lengths[k]):end], self.captions[k], self.names[k])
+
+    def __setitem__(self, k, value):
+        self._items()[k] = value
+
+    def __delitem__(self, k):
+        del self._items()[k]
+
+    def insert(self, k, value):
+        self._items().insert(k, value)
+
+    def sort(self, *, key=None, reverse: bool = False):
+        self._items().sort(key=key, reverse=reverse)
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
 
 
 def _model_unit_length(meta: dict) -> int | None:
@@ -410,7 +442,7 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
     if layout not in LAYOUTS:
         raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     count = len(items)
-    batched = isinstance(items, CodeItems)
+    batched = isinstance(items, CodeItems) and items.as_read
     if batched:
         full, captions, names = items.lengths, items.captions, items.names
     else:
