@@ -176,3 +176,50 @@ def test_collate_codes_follows_a_batch_reordered_in_place(store_path):
     rows = collate_codes(batch, END, PAD, 8, text_slots=1)
     assert rows.names == ["n4", "n2", "n1"] and rows.lengths.tolist() == [5, 3, 2]
     assert rows.tokens.tolist()[0] == [PAD, 0, 1, 2, 3, 4, END, PAD]
+
+
+# --------------------------------------------------------------------------- token dtypes
+
+@pytest.fixture()
+def big_codebook_store(tmp_path):
+    from tokstore import TokenStore
+
+    path = tmp_path / "codes.zarr"
+    with TokenStore.create(path, 64000, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([63999, 40000, 5])], [["walks\n"]])
+        store.commit()
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8, torch.float16, torch.bfloat16,
+                                   torch.bool])
+def test_a_dtype_that_cannot_hold_the_tokens_is_refused(big_codebook_store, dtype):
+    """int16 would wrap code 63999 to -1537, float16 round it to 64000 (the end token)."""
+    from tokstore.torch import CodeDataset
+
+    with pytest.raises(LoaderError, match="64001"):
+        CodeDataset(big_codebook_store, dtype=dtype)
+
+
+def test_dtypes_that_hold_the_tokens_are_taken(big_codebook_store, tmp_path):
+    from tokstore import TokenStore
+    from tokstore.torch import CodeDataset
+
+    assert CodeDataset(big_codebook_store, dtype=torch.int32)[0].codes.tolist() == [63999, 40000, 5]
+    small = tmp_path / "small.zarr"
+    with TokenStore.create(small, 100) as store:
+        store.append(["a"], [np.array([99, 3])], [["walks\n"]])
+        store.commit()
+    dataset = CodeDataset(small, dtype=torch.uint8)
+    assert dataset.collator(block_size=5)(dataset.__getitems__([0])).tokens.tolist() == [
+        [101, 99, 3, 100, 101]]
+
+
+@pytest.mark.parametrize("code_dtype", ["int16", "uint16", "float32", "float64", "bool"])
+def test_motionmillion_code_dtypes_that_cannot_hold_the_tokens_are_refused(big_codebook_store,
+                                                                          code_dtype):
+    from tokstore.motionmillion import MotionMillionDataset
+
+    with pytest.raises(LoaderError, match="code_dtype"):
+        MotionMillionDataset(big_codebook_store, code_dtype=code_dtype,
+                             text_encoder=lambda c: (torch.ones(1, 1, 2), torch.ones(1, 1)))

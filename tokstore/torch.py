@@ -186,6 +186,15 @@ def split_indices(store, split: str | os.PathLike) -> np.ndarray:
     return np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
 
 
+def check_token_dtype(dtype, pad_token: int) -> None:
+    """Tokens (codes, then end and pad, the largest) must fit `dtype` exactly: int16 would wrap
+    a 64K codebook's codes, float16 round them onto the end token, silently."""
+    if not isinstance(dtype, torch.dtype) or dtype.is_floating_point or dtype.is_complex or \
+            dtype == torch.bool or torch.iinfo(dtype).max < pad_token:
+        raise LoaderError(f"dtype {dtype} cannot hold the store's tokens (up to the pad token "
+                          f"{pad_token}): use an integer torch dtype that does, e.g. torch.int64")
+
+
 class CodeDataset(Dataset):
     """Item i -> CodeItem(codes, caption, name), read from the store at `store_path`.
 
@@ -235,6 +244,7 @@ class CodeDataset(Dataset):
         with TokenStore.open(self.store_path) as store:
             self.end_token = int(store.end_token)
             self.pad_token = int(store.pad_token)
+            check_token_dtype(dtype, self.pad_token)
             indices = self._select(store, min_len, max_len, name_glob, text_contains, split)
             if caption_format == "plain":
                 self._init_plain(store, indices, drop_uncaptioned)
