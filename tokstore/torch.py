@@ -438,8 +438,9 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
         [pad] * t + codes + [end] + [pad] * (block_size - t - 1 - len(codes))
       t text slots first, which MotionMillion's LLaMA overwrites with the text feature: a fixed
       count (1: one CLIP feature, text_sum_way cls/mean/sum) or `text_slots(caption)` per row
-      (a tokenizer-based encoder such as flan-t5 without summing: one slot per text token,
-      MotionMillion cuts at max_text_length 150). A full row has no trailing pad.
+      (a tokenizer-based encoder such as flan-t5 without summing: one slot per text token; an
+      int, and already cut: MotionMillion cuts at max_text_length 150, the collate does not).
+      A full row has no trailing pad.
     "t2m-gpt" (T2M-GPT, whose GPT takes the text feature as a separate first position):
         codes + [end] + [pad] * (block_size - 1 - len(codes))
 
