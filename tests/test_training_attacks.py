@@ -223,3 +223,35 @@ def test_motionmillion_code_dtypes_that_cannot_hold_the_tokens_are_refused(big_c
     with pytest.raises(LoaderError, match="code_dtype"):
         MotionMillionDataset(big_codebook_store, code_dtype=code_dtype,
                              text_encoder=lambda c: (torch.ones(1, 1, 2), torch.ones(1, 1)))
+
+
+# --------------------------------------------------------------------------- MotionMillion's collate
+
+def original_collate_tensors(batch):
+    """MotionMillion's collate_tensors, re-stated: zeros of the largest size, each tensor added
+    into its corner."""
+    size = [max(b.shape[d] for b in batch) for d in range(batch[0].dim())]
+    canvas = batch[0].new_zeros((len(batch), *size))
+    for k, b in enumerate(batch):
+        corner = canvas[k]
+        for d in range(b.dim()):
+            corner = corner.narrow(d, 0, b.shape[d])
+        corner.add_(b)
+    return canvas
+
+
+def test_feature_padding_is_bit_identical_to_the_originals_sums():
+    """The original adds each feature onto zeros: -0.0 comes out +0.0. Its batches must be
+    identical bit for bit, not only equal as numbers."""
+    from tokstore.motionmillion import collate_fn
+
+    feats = [torch.tensor([[-0.0, 1.5], [2.0, -0.0]], dtype=torch.bfloat16),
+             torch.tensor([[-0.0, -3.0]], dtype=torch.bfloat16)]
+    masks = [torch.ones(2), torch.ones(1)]
+    batch = [("c", torch.arange(4), torch.tensor(2), f, m, torch.tensor([f.shape[0]]))
+             for f, m in zip(feats, masks)]
+    got = collate_fn(batch)
+    want = original_collate_tensors(feats)
+    assert got[3].dtype == want.dtype
+    assert torch.equal(got[3].view(torch.int16), want.view(torch.int16))
+    assert torch.equal(got[4], original_collate_tensors(masks))

@@ -197,11 +197,12 @@ class MotionMillionDataset(Dataset):
 
 
 def pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Tensors of one rank stacked, zero-padded at the end of every dimension to the largest."""
+    """Tensors of one rank stacked, zero-padded at the end of every dimension to the largest.
+    Each is added onto the zeros, as the original does, so that -0.0 comes out +0.0 there too."""
     size = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
     out = tensors[0].new_zeros((len(tensors), *size))
     for k, t in enumerate(tensors):
-        out[(k, *(slice(0, n) for n in t.shape))] = t
+        out[(k, *(slice(0, n) for n in t.shape))] += t
     return out
 
 
