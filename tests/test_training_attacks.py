@@ -255,3 +255,20 @@ def test_feature_padding_is_bit_identical_to_the_originals_sums():
     assert got[3].dtype == want.dtype
     assert torch.equal(got[3].view(torch.int16), want.view(torch.int16))
     assert torch.equal(got[4], original_collate_tensors(masks))
+
+
+@pytest.mark.parametrize("args", [dict(batch_size=2.5), dict(batch_size="8"), dict(batch_size=0),
+                                  dict(batch_size=8, pool_batches=1.5),
+                                  dict(batch_size=8, seed=-1), dict(batch_size=8, seed=0.5)])
+def test_sampler_arguments_that_are_not_counts_are_refused(args):
+    with pytest.raises(LoaderError):
+        LengthBucketSampler(LENGTHS, **args)
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, "2", None])
+def test_set_epoch_takes_a_count(epoch):
+    s = sampler()
+    with pytest.raises(LoaderError, match="epoch"):
+        s.set_epoch(epoch)
+    s.set_epoch(np.int64(2))
+    assert s.epoch == 2 and len(list(s)) == len(s)

@@ -556,8 +556,12 @@ class LengthBucketSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *,
                  pool_batches: int = 64, drop_last: bool = False, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None):
-        if batch_size < 1 or pool_batches < 1:
-            raise LoaderError("batch_size and pool_batches must be positive")
+        if not (_is_count(batch_size) and _is_count(pool_batches)) or batch_size < 1 or \
+                pool_batches < 1:
+            raise LoaderError(f"batch_size and pool_batches must be positive ints, not "
+                              f"{batch_size!r} and {pool_batches!r}")
+        if not _is_count(seed):
+            raise LoaderError(f"seed must be an int >= 0, not {seed!r}")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_replicas is None:
             num_replicas = torch.distributed.get_world_size() if distributed else 1
@@ -610,6 +614,8 @@ class LengthBucketSampler(Sampler[list[int]]):
         """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes. Moving
         to another epoch while a loaded state still has batches of its own to resume is refused:
         an off-by-one epoch counter in the loop would silently skip them."""
+        if not _is_count(epoch):
+            raise LoaderError(f"an epoch is an int >= 0, not {epoch!r}")
         if epoch != self.epoch:
             if 0 < self._resume_at < len(self):
                 raise LoaderError(f"a loaded state resumes epoch {self.epoch} at batch "
