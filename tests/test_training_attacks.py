@@ -272,3 +272,104 @@ def test_set_epoch_takes_a_count(epoch):
         s.set_epoch(epoch)
     s.set_epoch(np.int64(2))
     assert s.epoch == 2 and len(list(s)) == len(s)
+
+
+# --------------------------------------------------------------------------- the drop-in, again
+
+class OriginalMotionMillion:
+    """Text2MotionDataset_motionmillion re-stated a second time, line for line from its rule, on
+    an all_data.pkl: what the drop-in must equal under the same seeds."""
+
+    def __init__(self, pickle_path, encoder, codebook_size, max_motion_length=301):
+        import pickle as pickle_module
+
+        with open(pickle_path, "rb") as f:
+            all_data = pickle_module.load(f)
+        self.encoder, self.end, self.pad = encoder, codebook_size, codebook_size + 1
+        self.max_motion_length, self.max_text_length = max_motion_length, 150
+        self.data_dict, self.name_list = {}, []
+        for name in all_data["file_names"]:
+            text_ref = all_data["text_data"][name]
+            if len(text_ref) == 0:
+                continue
+            text = [line.strip() for line in text_ref if line.strip() != ""]
+            self.data_dict[name] = (all_data["code_data"][name], text)
+            self.name_list.append(name)
+
+    def __len__(self):
+        return len(self.data_dict)
+
+    def __getitem__(self, item):
+        import random
+
+        token_list, text_list = self.data_dict[self.name_list[item]]
+        m_tokens = torch.tensor(random.choice(token_list))
+        caption = random.choice(text_list)
+        feat, y_mask = self.encoder(caption)
+        feat = feat.to(dtype=torch.bfloat16)
+        if np.random.choice([False, False, True]):
+            m_tokens = m_tokens[:-1] if np.random.choice([True, False]) else m_tokens[1:]
+        m_tokens_len = m_tokens.shape[0]
+        text_tokens_len = feat.shape[1]
+        if text_tokens_len > self.max_text_length:
+            feat, y_mask = feat[:, :self.max_text_length, :], y_mask[:, :self.max_text_length]
+            text_tokens_len = self.max_text_length
+        padding_length = self.max_motion_length - text_tokens_len
+        ones = lambda n, v: torch.ones(n, dtype=torch.int32) * v   # noqa: E731
+        pieces = [ones(text_tokens_len, self.pad), m_tokens, ones(1, self.end)]
+        if m_tokens_len + 1 < padding_length:
+            pieces.append(ones(padding_length - 1 - m_tokens_len, self.pad))
+        return (caption, torch.cat(pieces).reshape(-1), torch.tensor(m_tokens_len), feat.squeeze(),
+                y_mask.squeeze(), torch.tensor(text_tokens_len).unsqueeze(0))
+
+
+def per_word(caption):
+    """One feature per word, plus one, as a T5 tokenizer adds </s>."""
+    count = len(caption.split()) + 1
+    feat = torch.arange(count * 3, dtype=torch.float32).reshape(1, count, 3) + len(caption)
+    return feat, torch.ones((1, count), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("legacy_dtype", ["int32", "int64"])
+def test_drop_in_on_an_imported_hdf5_store_equals_the_original(tmp_path, legacy_dtype):
+    """Built, exported, re-imported from the pickle into HDF5 (no model meta there): items equal
+    the original's on the first pickle, 1- and 2-code samples drawn with the augmentation, a
+    caption past 150 tokens, blank lines, a name with no caption lines skipped."""
+    import random
+
+    from build_helpers import run_cli
+    from tokstore import TokenStore
+    from tokstore.motionmillion import MotionMillionDataset
+
+    names = ["one", "two", "none", "long", "many", "ü/ñame", "three", "full"]
+    codes = [np.array([7]), np.array([8, 9]), np.arange(4), np.arange(10), np.arange(200),
+             np.array([1, 2, 3, 4]), np.array([5, 6, 7]), np.arange(299)]
+    texts = [["walks\n"], ["runs fast\n", "  \n", "jumps\n"], [], [" x" * 170 + "\n"],
+             ["a\n", "b c\n", "d e f\n"], ["ü walks\n"], ["\n", "turns\n"], ["full row\n"]]
+    first = tmp_path / "codes.zarr"
+    with TokenStore.create(first, 64000, meta={"legacy_code_dtype": legacy_dtype}) as store:
+        store.append(names, codes, texts)
+        store.commit()
+    assert run_cli("export-pickle", first, tmp_path / "all_data.pkl").exit_code == 0
+    imported = tmp_path / "imported.h5"
+    result = run_cli("import", "--store", imported, "--pickle", tmp_path / "all_data.pkl",
+                     "--codebook-size", 64000)
+    assert result.exit_code == 0, result.output
+    ours = MotionMillionDataset(imported, text_encoder=per_word, codebook_size=64000)
+    theirs = OriginalMotionMillion(tmp_path / "all_data.pkl", per_word, 64000)
+    assert len(ours) == len(theirs) == 7
+    seen_lengths = set()
+    for seed in range(40):
+        order = np.random.default_rng(seed).permutation(7).tolist()
+        items = []
+        for dataset in (ours, theirs):
+            random.seed(seed)
+            np.random.seed(seed)
+            items.append([dataset[i] for i in order])
+        for got, want in zip(*items):
+            assert got[0] == want[0]
+            for a, b in zip(got[1:], want[1:]):
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+            seen_lengths.add((got[0], int(got[2])))
+    assert {("walks", 0), ("walks", 1), ("runs fast", 1), ("runs fast", 2)} <= seen_lengths
+    assert ("full row", 299) in seen_lengths and ("full row", 298) in seen_lengths
