@@ -373,3 +373,44 @@ def test_drop_in_on_an_imported_hdf5_store_equals_the_original(tmp_path, legacy_
             seen_lengths.add((got[0], int(got[2])))
     assert {("walks", 0), ("walks", 1), ("runs fast", 1), ("runs fast", 2)} <= seen_lengths
     assert ("full row", 299) in seen_lengths and ("full row", 298) in seen_lengths
+
+
+def test_first_reads_from_two_threads_at_once(store_path, monkeypatch):
+    """A thread-based prefetcher: thread B reads while thread A is still setting up the
+    dataset's per-process state (A paused between opening the store and making its generator)."""
+    import threading
+
+    import tokstore.torch as loader_module
+    from tokstore.torch import CodeDataset
+
+    dataset = CodeDataset(store_path, seed=0)
+    made, b_done = [], threading.Event()
+    real = loader_module._process_rng
+
+    def slow_rng(seed, stream):
+        made.append(threading.current_thread().name)
+        if len(made) == 1:
+            b_done.wait(10)
+        return real(seed, stream)
+
+    monkeypatch.setattr(loader_module, "_process_rng", slow_rng)
+    results, errors = {}, []
+
+    def read(key, index):
+        try:
+            results[key] = dataset[index]
+        except Exception as exc:   # what the test reports
+            errors.append(exc)
+        finally:
+            if key == "B":
+                b_done.set()
+
+    a = threading.Thread(target=read, args=("A", 0), name="A")
+    a.start()
+    while not made:
+        pass
+    b = threading.Thread(target=read, args=("B", 3), name="B")
+    b.start()
+    b.join(10)
+    a.join(10)
+    assert errors == [] and results["A"].name == "n0" and results["B"].name == "n3"

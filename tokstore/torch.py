@@ -317,11 +317,12 @@ class CodeDataset(Dataset):
     def _opened(self):
         """This process's store and generator, made on first use in each process."""
         local = self._local.here()
-        if not local:
+        if "ready" not in local:   # set last: another thread may read while this one sets up
             from . import TokenStore
 
             local["store"] = TokenStore.open(self.store_path)
             local["rng"] = _process_rng(self.seed, CAPTION_STREAM)
+            local["ready"] = True
         return local["store"], local["rng"]
 
     def __len__(self) -> int:
