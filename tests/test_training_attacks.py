@@ -414,3 +414,29 @@ def test_first_reads_from_two_threads_at_once(store_path, monkeypatch):
     b.join(10)
     a.join(10)
     assert errors == [] and results["A"].name == "n0" and results["B"].name == "n3"
+
+
+# --------------------------------------------------------------------------- collate arguments
+
+@pytest.mark.parametrize("drops", [[1], [0, 1, 2], [5, 0], [-1, 0], [0.5, 0]])
+def test_drops_must_be_one_choice_per_item(drops):
+    """One drop for a batch of two would broadcast to both; 5 would read as 'drop the last'."""
+    with pytest.raises(LoaderError, match="drops"):
+        collate_codes(items(3, 4), END, PAD, 8, drops=drops)
+
+
+def test_valid_drops_are_applied_per_item():
+    from tokstore.torch import DROP_FIRST, DROP_LAST, KEEP
+
+    batch = collate_codes(items(3, 4, 2), END, PAD, 7, drops=np.array([DROP_FIRST, DROP_LAST, KEEP]))
+    assert batch.tokens.tolist() == [[PAD, 1, 2, END, PAD, PAD, PAD],
+                                     [PAD, 0, 1, 2, END, PAD, PAD],
+                                     [PAD, 0, 1, END, PAD, PAD, PAD]]
+
+
+@pytest.mark.parametrize("block_size", [301.0, "301", 0, -5, True])
+def test_block_size_must_be_a_count_with_room(block_size):
+    with pytest.raises(LoaderError, match="block_size"):
+        CodeCollator(END, PAD, block_size=block_size, layout="t2m-gpt")
+    with pytest.raises(LoaderError, match="block_size"):
+        collate_codes(items(3), END, PAD, block_size, layout="t2m-gpt")

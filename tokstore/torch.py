@@ -428,6 +428,17 @@ def _slot_counts(text_slots, captions, count: int) -> np.ndarray:
     return np.full(count, int(text_slots), dtype=np.int64)
 
 
+def _drop_choices(drops, count: int) -> np.ndarray:
+    """`drops` as int64, one of KEEP / DROP_FIRST / DROP_LAST per item: numpy would broadcast a
+    single one to the whole batch, and read any other nonzero value as a drop."""
+    choice = np.asarray(drops)
+    if choice.shape != (count,) or (count and (choice.dtype.kind not in "iu" or not np.isin(
+            choice, (KEEP, DROP_FIRST, DROP_LAST)).all())):
+        raise LoaderError(f"drops must hold KEEP, DROP_FIRST or DROP_LAST for each of the "
+                          f"{count} items, not {drops!r}")
+    return choice.astype(np.int64)
+
+
 def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
                   block_size: int | None = None, drops: Sequence[int] | None = None,
                   dtype: torch.dtype = torch.int64, layout: str = LAYOUT_MOTIONMILLION,
@@ -464,7 +475,9 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
         slots = _slot_counts(text_slots, captions, count)
     else:
         slots = np.zeros(count, dtype=np.int64)
-    choice = np.zeros(count, np.int64) if drops is None else np.asarray(drops, np.int64)
+    if block_size is not None and not _is_count(block_size):
+        raise LoaderError(f"block_size must be an int or None, not {block_size!r}")
+    choice = np.zeros(count, np.int64) if drops is None else _drop_choices(drops, count)
     choice = np.where(full > 1, choice, KEEP)
     head = (choice == DROP_FIRST).astype(np.int64)
     lengths = full - (choice != KEEP)
@@ -525,6 +538,8 @@ class CodeCollator:
         if not callable(fixed) and not _is_count(fixed):
             raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
                               f"not {self.text_slots!r}")
+        if self.block_size is not None and not _is_count(self.block_size):
+            raise LoaderError(f"block_size must be an int or None, not {self.block_size!r}")
         if self.block_size is not None and self.block_size < fixed + 1:
             raise LoaderError(f"block_size must leave room for {fixed} text slot(s) and the end "
                               f"token, not {self.block_size}")
