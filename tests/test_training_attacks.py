@@ -259,7 +259,9 @@ def test_feature_padding_is_bit_identical_to_the_originals_sums():
 
 @pytest.mark.parametrize("args", [dict(batch_size=2.5), dict(batch_size="8"), dict(batch_size=0),
                                   dict(batch_size=8, pool_batches=1.5),
-                                  dict(batch_size=8, seed=-1), dict(batch_size=8, seed=0.5)])
+                                  dict(batch_size=8, seed=-1), dict(batch_size=8, seed=0.5),
+                                  dict(batch_size=8, num_replicas=2, rank=0.5),
+                                  dict(batch_size=8, num_replicas=2.0, rank=1)])
 def test_sampler_arguments_that_are_not_counts_are_refused(args):
     with pytest.raises(LoaderError):
         LengthBucketSampler(LENGTHS, **args)
@@ -440,3 +442,23 @@ def test_block_size_must_be_a_count_with_room(block_size):
         CodeCollator(END, PAD, block_size=block_size, layout="t2m-gpt")
     with pytest.raises(LoaderError, match="block_size"):
         collate_codes(items(3), END, PAD, block_size, layout="t2m-gpt")
+
+
+def test_a_state_saved_with_torch_save_loads_with_weights_only(tmp_path):
+    """torch.load defaults to weights_only=True, which refuses numpy scalars: a state must hold
+    plain ints even when the sampler was given numpy ones (a config read with numpy)."""
+    made = LengthBucketSampler(LENGTHS, batch_size=np.int64(8), pool_batches=np.int64(2),
+                               seed=np.int64(5), drop_last=np.bool_(True),
+                               num_replicas=np.int64(2), rank=np.int64(1))
+    made.set_epoch(np.int64(3))
+    loader = ResumableLoader(list(range(len(LENGTHS))), made, collate_fn=list)
+    it = iter(loader)
+    next(it)
+    torch.save(loader.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    again = ResumableLoader(list(range(len(LENGTHS))), LengthBucketSampler(
+        LENGTHS, batch_size=8, pool_batches=2, seed=5, drop_last=True, num_replicas=2, rank=1),
+        collate_fn=list)
+    again.load_state_dict(state)
+    again.set_epoch(3)
+    assert [next(it)] + list(it) == list(again)

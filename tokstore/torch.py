@@ -583,16 +583,17 @@ class LengthBucketSampler(Sampler[list[int]]):
             num_replicas = torch.distributed.get_world_size() if distributed else 1
         if rank is None:
             rank = torch.distributed.get_rank() if distributed else 0
-        if not 0 <= rank < num_replicas:
-            raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
+        if not (_is_count(rank) and _is_count(num_replicas)) or not 0 <= rank < num_replicas:
+            raise LoaderError(f"rank {rank!r} is not an int in [0, {num_replicas!r})")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self._lengths_crc32 = crc32(self.lengths.astype("<i8", copy=False))  # see _order_args
-        self.batch_size = batch_size
-        self.pool_batches = pool_batches
-        self.drop_last = drop_last
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
+        # plain Python values: torch.load(weights_only=True) refuses numpy scalars in a state
+        self.batch_size = int(batch_size)
+        self.pool_batches = int(pool_batches)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
         self._resume_at = 0   # batches of self.epoch to skip at the next iteration
         self._handed_out = 0  # batches of self.epoch handed out so far
@@ -638,7 +639,7 @@ class LengthBucketSampler(Sampler[list[int]]):
                                   f"{self._resume_at} of {len(self)}: set_epoch({epoch}) would "
                                   f"skip the rest of it (call set_epoch({self.epoch}) first, or "
                                   f"load the state after set_epoch)")
-            self.epoch, self._resume_at, self._handed_out = epoch, 0, 0
+            self.epoch, self._resume_at, self._handed_out = int(epoch), 0, 0
 
     def state_dict(self, batches_done: int | None = None) -> dict:
         """Where this epoch stands. A DataLoader with workers draws batches ahead of the training
