@@ -462,3 +462,23 @@ def test_a_state_saved_with_torch_save_loads_with_weights_only(tmp_path):
     again.load_state_dict(state)
     again.set_epoch(3)
     assert [next(it)] + list(it) == list(again)
+
+
+# --------------------------------------------------------------------------- name lookup
+
+@pytest.mark.parametrize("file", ["c.zarr", "c.h5"])
+def test_long_and_prefix_sharing_names_are_told_apart(tmp_path, file):
+    from tokstore import TokenStore
+
+    names = ["a" * 5000, "a" * 4999, "a" * 5001, "b" * 5000, "é/中文/😀", "x\ty", " lead", "0", "00"]
+    with TokenStore.create(tmp_path / file, 512, chunk_bytes=256) as store:
+        store.append(names, [np.arange(2)] * len(names), [["x\n"]] * len(names))
+        store.commit()
+    with TokenStore.open(tmp_path / file) as store:
+        assert [store.index_of(name) for name in names] == list(range(len(names)))
+        for absent in ["a" * 5002, "a" * 4998, "é/中文", "lead", "000", "\ud800", b"0", None, 0]:
+            assert absent not in store
+    with TokenStore.create(tmp_path / ("empty" + file), 512) as store:
+        store.commit()
+    with TokenStore.open(tmp_path / ("empty" + file)) as store:
+        assert "" not in store and "a" not in store
