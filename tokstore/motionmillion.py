@@ -138,13 +138,27 @@ class MotionMillionDataset(Dataset):
                 raise LoaderError(f"codebook_size {codebook_size} is not the store's "
                                   f"({store.codebook_size}): {store.path}")
             self.mot_end_idx, self.mot_pad_idx = store.end_token, store.pad_token
-            self.code_dtype = np.dtype(code_dtype) if code_dtype is not None else \
-                legacy_dtype(store)
+            self.code_dtype = self._code_dtype(code_dtype, store.pad_token) \
+                if code_dtype is not None else legacy_dtype(store)
             listed = np.arange(len(store), dtype=np.int64) if split is None else \
                 split_indices(store, split)
             keep = store.batch(listed).line_counts > 0 if len(listed) else np.zeros(0, bool)
         self._index_list = listed[keep]
         self._unique = len(np.unique(self._index_list))
+
+    @staticmethod
+    def _code_dtype(code_dtype, pad_token: int) -> np.dtype:
+        """A signed integer dtype that holds every token (the rows promote it with int32 pads):
+        int16 would wrap a 64K codebook's codes silently."""
+        try:
+            dtype = np.dtype(code_dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind != "i" or np.iinfo(dtype).max < pad_token:
+            raise LoaderError(f"code_dtype {code_dtype!r} cannot hold the store's tokens (up to "
+                              f"the pad token {pad_token}): int32 or int64, as the original's "
+                              f"pickle")
+        return dtype
 
     def _store(self):
         local = self._local.here()
@@ -183,11 +197,12 @@ class MotionMillionDataset(Dataset):
 
 
 def pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Tensors of one rank stacked, zero-padded at the end of every dimension to the largest."""
+    """Tensors of one rank stacked, zero-padded at the end of every dimension to the largest.
+    Each is added onto the zeros, as the original does, so that -0.0 comes out +0.0 there too."""
     size = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
     out = tensors[0].new_zeros((len(tensors), *size))
     for k, t in enumerate(tensors):
-        out[(k, *(slice(0, n) for n in t.shape))] = t
+        out[(k, *(slice(0, n) for n in t.shape))] += t
     return out
 
 

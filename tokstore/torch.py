@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import TokstoreError
 from .sources import read_split
+from .store.format import crc32
 
 HUMANML3D_FPS = 20.0
 KEEP, DROP_FIRST, DROP_LAST = 0, 1, 2
@@ -113,25 +114,57 @@ class CodeItem(NamedTuple):
     name: str | None             # None when the dataset was made with names=False
 
 
-class CodeItems(Sequence):
+class CodeItems(MutableSequence):
     """A batch of items as `CodeDataset.__getitems__` reads it: every code in one flat tensor,
-    split by `lengths`. It is a sequence of CodeItem for any collate; `collate_codes` uses the
-    flat tensor directly."""
+    split by `lengths`. It is a list-like sequence of CodeItem for any collate (torch's contract
+    for __getitems__ is a list): a collate may sort, shuffle, add or edit it in place, which
+    turns it into a plain list of CodeItem inside. `collate_codes` uses the flat tensor directly
+    while the batch is as read (`as_read`)."""
 
-    __slots__ = ("codes", "lengths", "captions", "names", "_ends")
+    __slots__ = ("codes", "lengths", "captions", "names", "_ends", "_list")
 
     def __init__(self, codes: torch.Tensor, lengths: np.ndarray, captions: list, names: list):
         self.codes, self.lengths, self.captions, self.names = codes, lengths, captions, names
         self._ends = np.cumsum(lengths).tolist()
+        self._list = None    # the items, once a collate changed the batch
+
+    @property
+    def as_read(self) -> bool:
+        return self._list is None
+
+    def _items(self) -> list:
+        if self._list is None:
+            self._list = [self[k] for k in range(len(self))]
+        return self._list
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.captions) if self._list is None else len(self._list)
 
     def __getitem__(self, k):
+        if self._list is not None:
+            return self._list[k]
         if isinstance(k, slice):
             return [self[j] for j in range(*k.indices(len(self)))]
         end = self._ends[k]
         return CodeItem(self.codes[end - int(self.lengths[k]):end], self.captions[k], self.names[k])
+
+    def __setitem__(self, k, value):
+        self._items()[k] = value
+
+    def __delitem__(self, k):
+        del self._items()[k]
+
+    def insert(self, k, value):
+        self._items().insert(k, value)
+
+    def sort(self, *, key=None, reverse: bool = False):
+        self._items().sort(key=key, reverse=reverse)
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
 
 
 def _model_unit_length(meta: dict) -> int | None:
@@ -151,6 +184,15 @@ def split_indices(store, split: str | os.PathLike) -> np.ndarray:
         raise LoaderError(f"{len(missing)} name(s) of split {split} are not in the store "
                           f"{store.path}, e.g. {missing[0]!r}")
     return np.fromiter((index_of[name] for name in names), dtype=np.int64, count=len(names))
+
+
+def check_token_dtype(dtype, pad_token: int) -> None:
+    """Tokens (codes, then end and pad, the largest) must fit `dtype` exactly: int16 would wrap
+    a 64K codebook's codes, float16 round them onto the end token, silently."""
+    if not isinstance(dtype, torch.dtype) or dtype.is_floating_point or dtype.is_complex or \
+            dtype == torch.bool or torch.iinfo(dtype).max < pad_token:
+        raise LoaderError(f"dtype {dtype} cannot hold the store's tokens (up to the pad token "
+                          f"{pad_token}): use an integer torch dtype that does, e.g. torch.int64")
 
 
 class CodeDataset(Dataset):
@@ -202,6 +244,7 @@ class CodeDataset(Dataset):
         with TokenStore.open(self.store_path) as store:
             self.end_token = int(store.end_token)
             self.pad_token = int(store.pad_token)
+            check_token_dtype(dtype, self.pad_token)
             indices = self._select(store, min_len, max_len, name_glob, text_contains, split)
             if caption_format == "plain":
                 self._init_plain(store, indices, drop_uncaptioned)
@@ -274,11 +317,12 @@ class CodeDataset(Dataset):
     def _opened(self):
         """This process's store and generator, made on first use in each process."""
         local = self._local.here()
-        if not local:
+        if "ready" not in local:   # set last: another thread may read while this one sets up
             from . import TokenStore
 
             local["store"] = TokenStore.open(self.store_path)
             local["rng"] = _process_rng(self.seed, CAPTION_STREAM)
+            local["ready"] = True
         return local["store"], local["rng"]
 
     def __len__(self) -> int:
@@ -360,15 +404,39 @@ def drop_choices(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.where(drop, np.where(tail, DROP_LAST, DROP_FIRST), KEEP)
 
 
+def _is_count(value) -> bool:
+    """An int >= 0 (numpy's too), not a bool, float or str: int() would round or parse those."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and value >= 0
+
+
+def _slot_count(value, caption) -> int:
+    if not _is_count(value):
+        raise LoaderError(f"text_slots gave {value!r} for the caption {caption!r}: it must "
+                          f"give a count >= 0 (an int)")
+    return int(value)
+
+
 def _slot_counts(text_slots, captions, count: int) -> np.ndarray:
     """Text slots per row: a fixed count, or `text_slots(caption)` for each row's caption."""
     if callable(text_slots):
-        slots = np.fromiter((int(text_slots(c)) for c in captions), dtype=np.int64, count=count)
-    else:
-        slots = np.full(count, int(text_slots), dtype=np.int64)
-    if (slots < 0).any():
-        raise LoaderError(f"text slot counts must not be negative, got {int(slots.min())}")
-    return slots
+        return np.fromiter((_slot_count(text_slots(c), c) for c in captions), dtype=np.int64,
+                           count=count)
+    if not _is_count(text_slots):
+        raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
+                          f"not {text_slots!r}")
+    return np.full(count, int(text_slots), dtype=np.int64)
+
+
+def _drop_choices(drops, count: int) -> np.ndarray:
+    """`drops` as int64, one of KEEP / DROP_FIRST / DROP_LAST per item: numpy would broadcast a
+    single one to the whole batch, and read any other nonzero value as a drop."""
+    choice = np.asarray(drops)
+    if choice.shape != (count,) or (count and (choice.dtype.kind not in "iu" or not np.isin(
+            choice, (KEEP, DROP_FIRST, DROP_LAST)).all())):
+        raise LoaderError(f"drops must hold KEEP, DROP_FIRST or DROP_LAST for each of the "
+                          f"{count} items, not {drops!r}")
+    return choice.astype(np.int64)
 
 
 def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
@@ -382,8 +450,9 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
         [pad] * t + codes + [end] + [pad] * (block_size - t - 1 - len(codes))
       t text slots first, which MotionMillion's LLaMA overwrites with the text feature: a fixed
       count (1: one CLIP feature, text_sum_way cls/mean/sum) or `text_slots(caption)` per row
-      (a tokenizer-based encoder such as flan-t5 without summing: one slot per text token,
-      MotionMillion cuts at max_text_length 150). A full row has no trailing pad.
+      (a tokenizer-based encoder such as flan-t5 without summing: one slot per text token; an
+      int, and already cut: MotionMillion cuts at max_text_length 150, the collate does not).
+      A full row has no trailing pad.
     "t2m-gpt" (T2M-GPT, whose GPT takes the text feature as a separate first position):
         codes + [end] + [pad] * (block_size - 1 - len(codes))
 
@@ -396,7 +465,7 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
     if layout not in LAYOUTS:
         raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     count = len(items)
-    batched = isinstance(items, CodeItems)
+    batched = isinstance(items, CodeItems) and items.as_read
     if batched:
         full, captions, names = items.lengths, items.captions, items.names
     else:
@@ -406,7 +475,9 @@ def collate_codes(items: Sequence[CodeItem], end_token: int, pad_token: int,
         slots = _slot_counts(text_slots, captions, count)
     else:
         slots = np.zeros(count, dtype=np.int64)
-    choice = np.zeros(count, np.int64) if drops is None else np.asarray(drops, np.int64)
+    if block_size is not None and not _is_count(block_size):
+        raise LoaderError(f"block_size must be an int or None, not {block_size!r}")
+    choice = np.zeros(count, np.int64) if drops is None else _drop_choices(drops, count)
     choice = np.where(full > 1, choice, KEEP)
     head = (choice == DROP_FIRST).astype(np.int64)
     lengths = full - (choice != KEEP)
@@ -464,9 +535,11 @@ class CodeCollator:
             raise LoaderError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         fixed = 0 if self.layout == LAYOUT_T2M_GPT or callable(self.text_slots) else \
             self.text_slots
-        if not callable(fixed) and (not isinstance(fixed, (int, np.integer)) or fixed < 0):
+        if not callable(fixed) and not _is_count(fixed):
             raise LoaderError(f"text_slots must be a count >= 0 or a callable on the caption, "
                               f"not {self.text_slots!r}")
+        if self.block_size is not None and not _is_count(self.block_size):
+            raise LoaderError(f"block_size must be an int or None, not {self.block_size!r}")
         if self.block_size is not None and self.block_size < fixed + 1:
             raise LoaderError(f"block_size must leave room for {fixed} text slot(s) and the end "
                               f"token, not {self.block_size}")
@@ -499,22 +572,28 @@ class LengthBucketSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *,
                  pool_batches: int = 64, drop_last: bool = False, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None):
-        if batch_size < 1 or pool_batches < 1:
-            raise LoaderError("batch_size and pool_batches must be positive")
+        if not (_is_count(batch_size) and _is_count(pool_batches)) or batch_size < 1 or \
+                pool_batches < 1:
+            raise LoaderError(f"batch_size and pool_batches must be positive ints, not "
+                              f"{batch_size!r} and {pool_batches!r}")
+        if not _is_count(seed):
+            raise LoaderError(f"seed must be an int >= 0, not {seed!r}")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_replicas is None:
             num_replicas = torch.distributed.get_world_size() if distributed else 1
         if rank is None:
             rank = torch.distributed.get_rank() if distributed else 0
-        if not 0 <= rank < num_replicas:
-            raise LoaderError(f"rank {rank} is outside [0, {num_replicas})")
+        if not (_is_count(rank) and _is_count(num_replicas)) or not 0 <= rank < num_replicas:
+            raise LoaderError(f"rank {rank!r} is not an int in [0, {num_replicas!r})")
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size = batch_size
-        self.pool_batches = pool_batches
-        self.drop_last = drop_last
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
+        self._lengths_crc32 = crc32(self.lengths.astype("<i8", copy=False))  # see _order_args
+        # plain Python values: torch.load(weights_only=True) refuses numpy scalars in a state
+        self.batch_size = int(batch_size)
+        self.pool_batches = int(pool_batches)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
         self._resume_at = 0   # batches of self.epoch to skip at the next iteration
         self._handed_out = 0  # batches of self.epoch handed out so far
@@ -549,9 +628,18 @@ class LengthBucketSampler(Sampler[list[int]]):
             yield batch.tolist()
 
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes."""
+        """Start `epoch` from its beginning, unless it is the epoch a loaded state resumes. Moving
+        to another epoch while a loaded state still has batches of its own to resume is refused:
+        an off-by-one epoch counter in the loop would silently skip them."""
+        if not _is_count(epoch):
+            raise LoaderError(f"an epoch is an int >= 0, not {epoch!r}")
         if epoch != self.epoch:
-            self.epoch, self._resume_at, self._handed_out = epoch, 0, 0
+            if 0 < self._resume_at < len(self):
+                raise LoaderError(f"a loaded state resumes epoch {self.epoch} at batch "
+                                  f"{self._resume_at} of {len(self)}: set_epoch({epoch}) would "
+                                  f"skip the rest of it (call set_epoch({self.epoch}) first, or "
+                                  f"load the state after set_epoch)")
+            self.epoch, self._resume_at, self._handed_out = int(epoch), 0, 0
 
     def state_dict(self, batches_done: int | None = None) -> dict:
         """Where this epoch stands. A DataLoader with workers draws batches ahead of the training
@@ -560,23 +648,29 @@ class LengthBucketSampler(Sampler[list[int]]):
         return {"epoch": self.epoch, "batches_done": int(done), **self._order_args()}
 
     def _order_args(self) -> dict:
-        """What decides the order: a state saved under other values resumes another order."""
+        """What decides the order: a state saved under other values resumes another order (the
+        lengths too: another dataset of as many samples buckets them otherwise)."""
         return {"seed": self.seed, "batch_size": self.batch_size,
                 "pool_batches": self.pool_batches, "drop_last": self.drop_last,
-                "num_samples": len(self.lengths), "num_replicas": self.num_replicas,
-                "rank": self.rank}
+                "num_samples": len(self.lengths), "lengths_crc32": self._lengths_crc32,
+                "num_replicas": self.num_replicas, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise LoaderError(f"a sampler state is the dict state_dict() returns, not "
+                              f"{type(state).__name__}")
         mine = self._order_args()
         for key in mine:
             if state.get(key) != mine[key]:
                 raise LoaderError(f"sampler state has {key}={state.get(key)!r}, this sampler "
                                   f"{mine[key]!r}: it resumes a different order")
-        if not 0 <= state["batches_done"] <= len(self):
-            raise LoaderError(f"sampler state has batches_done={state['batches_done']} of "
-                              f"{len(self)} batches")
-        self.epoch = int(state["epoch"])
-        self._resume_at = self._handed_out = int(state["batches_done"])
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not _is_count(epoch):
+            raise LoaderError(f"sampler state has epoch={epoch!r}, not a count")
+        if not _is_count(done) or done > len(self):
+            raise LoaderError(f"sampler state has batches_done={done!r} of {len(self)} batches")
+        self.epoch = int(epoch)
+        self._resume_at = self._handed_out = int(done)
 
 
 # --------------------------------------------------------------------------- resumable loader
@@ -611,9 +705,10 @@ class ResumableLoader:
             yield batch
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.batch_sampler.epoch:
+        moved = epoch != self.batch_sampler.epoch
+        self.batch_sampler.set_epoch(epoch)   # first: it refuses to drop a loaded state
+        if moved:
             self._start = self._received = 0
-        self.batch_sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return {"sampler": self.batch_sampler.state_dict(batches_done=self._received)}
