@@ -106,8 +106,9 @@ class PinnedThreads:
     (a later set_num_threads does not reach it). So the only way to give a thread one intra-op
     thread is to change the global for a moment: here the count is set to 1, the `n` workers are
     started and each reads its count (which fixes it at 1), then the count is restored (all in a
-    fresh helper thread, whose count is the process-wide one), all before the constructor returns (about a millisecond). Only a host thread that touches torch
-    for the first time inside that window would keep one thread. If a worker still sees more than
+    fresh helper thread, whose count is the process-wide one), before the constructor returns
+    (about a millisecond). Only a host thread that touches torch for the first time inside that
+    window would keep one thread. If a worker still sees more than
     one thread afterwards (another threading backend), the constructor keeps the global at 1 until
     close() instead, the only other way to be exact, and says so in `held_globally`."""
 
