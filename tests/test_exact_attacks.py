@@ -2,8 +2,10 @@
 them: each test failed before the fix named in its docstring."""
 from __future__ import annotations
 
+import json
 import threading
 
+import numpy as np
 import torch
 
 from vqvae import VQVAE, VQVAEConfig
@@ -50,3 +52,59 @@ def test_an_encode_from_a_thread_with_an_older_count_leaves_the_process_setting_
         assert torch.equal(seen["codes"], model.encode(x))
     finally:
         torch.set_num_threads(before)
+
+
+def long_then_short_dataset(tmp_path):
+    """45 motions of distinct lengths 120..296 (each its own one-row batch), then 16 of 100
+    frames (one batch of 16 rows), with windows of 45: the calibration budget (4 x 2048 frames
+    of any batches) is spent before the first multi-row batch."""
+    from build_helpers import tiny_config
+
+    from tokstore.demo import save_random_checkpoint
+    from tokstore.synthetic import _motion, make_dataset
+
+    dataset = make_dataset(tmp_path / "data", 61, lengths=(100, 100))
+    mean, std = np.load(dataset.layout.mean_file), np.load(dataset.layout.std_file)
+    rng = np.random.default_rng(5)
+    for i, name in enumerate(dataset.names[:45]):
+        np.save(dataset.layout.motion_path(name), _motion(rng, 120 + 4 * i, mean, std, 4))
+    checkpoint = tmp_path / "checkpoint.pth"
+    save_random_checkpoint(checkpoint, tiny_config(), 0)
+    return dataset, checkpoint
+
+
+def test_a_build_whose_start_has_no_multi_row_batch_records_an_uncalibrated_margin(tmp_path):
+    """Nothing to calibrate on at the start used to count as a measured deviation of 0: the margin
+    fell to the floor (1e-5), below the policy's own uncalibrated default (5e-5), and info said
+    '10x the measured deviation 0'. Fixed: an empty calibration keeps the default, and info says
+    the margin was not calibrated."""
+    from build_helpers import build_args, run_cli
+    from test_exact import original_codes, stored_codes
+
+    from vqvae.exact import MarginPolicy
+
+    dataset, checkpoint = long_then_short_dataset(tmp_path)
+    store = tmp_path / "s.zarr"
+    result = run_cli(*build_args(dataset, checkpoint, store, "--window", "45"))
+    assert result.exit_code == 0, result.output
+    info = json.loads(run_cli("info", store, "--json").output)["exactness"]
+    assert info["calibration_rows"] == 0
+    assert info["margin"] == MarginPolicy().default
+    text = run_cli("info", store).output
+    assert "not calibrated" in text and "10x the measured deviation 0," not in text
+    from build_helpers import tiny_config
+    original = original_codes(checkpoint, tiny_config(), dataset.layout, dataset.names,
+                              np.load(dataset.layout.mean_file), np.load(dataset.layout.std_file))
+    ours = stored_codes(store)
+    assert all(np.array_equal(ours[n], original[n]) for n in dataset.names)
+
+
+def test_info_of_a_build_with_only_single_motion_batches_says_how_its_codes_were_made(tmp_path):
+    """One motion: no batch to re-check, margin 0. info said 'checked as below' and then nothing."""
+    from build_helpers import build_args, run_cli, tiny_setup
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=1, lengths=(40, 40))
+    store = tmp_path / "s.zarr"
+    assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+    text = run_cli("info", store).output
+    assert "every motion was encoded alone" in text

@@ -305,6 +305,8 @@ class ExactEncoder:
         the largest deviation measured (and any prior one), and return their exact results."""
         results = [f.result() for f in [self.submit(b, calibrate=True) for b in batches]]
         measured = max([r.checks.measured_deviation for r in results], default=0.0)
+        if not sum(r.checks.calibration_rows for r in results):
+            return results  # nothing measured is no evidence of a small deviation: margin unchanged
         with self._lock:
             self._margin = self.policy.margin_for(max(measured, self._prior))
             self.checks.margin = max(self.checks.margin, self._margin)
