@@ -108,3 +108,37 @@ def test_info_of_a_build_with_only_single_motion_batches_says_how_its_codes_were
     assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
     text = run_cli("info", store).output
     assert "every motion was encoded alone" in text
+
+
+def test_a_hybrid_build_calibrates_on_one_motion_batches_too(tmp_path):
+    """On a device, a one-motion batch is as inexact as any (GPU vs CPU), yet the build sampled
+    only multi-row batches: a start of distinct lengths left the device uncalibrated, its noise
+    (1e-3, an injected inexact device) flipped codes of rows not re-checked, and the build handed
+    them back until a re-checked row stopped it. Fixed: a hybrid calibrates on every batch."""
+    from build_helpers import tiny_config, tiny_setup
+    from test_vqvae_hybrid import NoisyFast
+
+    from tokstore.build import encode_batches
+    from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
+    from vqvae import load_checkpoint
+    from vqvae.exact import ExactEncoder
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=40, lengths=(104, 200))
+    config = tiny_config()
+    model = load_checkpoint(checkpoint, config)
+    layout = dataset.layout
+    mean, std = load_stats(layout.mean_file, layout.std_file, config.input_dim)
+    entries = preflight(layout, read_split(layout.split_file), config.input_dim,
+                        config.unit_length).entries
+    items = list(iter_batches(entries, mean, std, config.unit_length, 200, 40))
+    assert all(len(i.motions) == 1 for i in items if isinstance(i, MotionBatch))
+    fast = NoisyFast(model, 1e-3)
+    with ExactEncoder(model, mean, std, threads=2, fast=fast) as engine:
+        out = list(encode_batches(items, model, "fp32", torch.device("cpu"), engine=engine,
+                                  calibration_frames=400))
+        expected = {i: engine.encode_one(row) for item in items if isinstance(item, MotionBatch)
+                    for i, row in zip(item.entry_ids.tolist(), item.motions)}
+        assert engine.checks.calibration_rows > 0 and engine.margin > 1e-3
+    got = {i: row for item, result in out if isinstance(item, MotionBatch)
+           for i, row in zip(item.entry_ids.tolist(), result.codes)}
+    assert all(np.array_equal(got[i], expected[i]) for i in expected)
