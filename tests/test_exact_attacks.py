@@ -142,3 +142,27 @@ def test_a_hybrid_build_calibrates_on_one_motion_batches_too(tmp_path):
     got = {i: row for item, result in out if isinstance(item, MotionBatch)
            for i, row in zip(item.entry_ids.tolist(), result.codes)}
     assert all(np.array_equal(got[i], expected[i]) for i in expected)
+
+
+def test_long_double_statistics_or_motions_are_refused_naming_the_file(tmp_path):
+    """float128 .npy: the original's torch.from_numpy cannot take it, so there are no original
+    codes to equal. Statistics used to pass loading and fail at the store's meta with 'meta must
+    be JSON-safe' (naming no file); a motion was normalized in long double. Fixed: both refused
+    as float types wider than float64, naming the file."""
+    from build_helpers import build_args, run_cli, tiny_setup
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=6, lengths=(40, 80))
+    layout = dataset.layout
+    std64 = np.load(layout.std_file)
+    np.save(layout.std_file, std64.astype(np.longdouble))
+    result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr"))
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert str(layout.std_file) in errors[0] and "float128" in errors[0]
+
+    np.save(layout.std_file, std64)
+    motion = layout.motion_path(dataset.names[2])
+    np.save(motion, np.load(motion).astype(np.longdouble))
+    result = run_cli(*build_args(dataset, checkpoint, tmp_path / "t.zarr"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{motion}: dtype float128 is not a float type of at most 64 bits" in result.output
