@@ -108,9 +108,9 @@ class PinnedThreads:
     started and each reads its count (which fixes it at 1), then the count is restored (all in a
     fresh helper thread, whose count is the process-wide one), before the constructor returns
     (about a millisecond). Only a host thread that touches torch for the first time inside that
-    window would keep one thread. If a worker still sees more than
-    one thread afterwards (another threading backend), the constructor keeps the global at 1 until
-    close() instead, the only other way to be exact, and says so in `held_globally`."""
+    window would keep one thread. If a worker still sees more than one thread afterwards (another
+    threading backend), the constructor keeps the global at 1 until close() instead, the only
+    other way to be exact, and says so in `held_globally`."""
 
     def __init__(self, n: int):
         if n < 1:
