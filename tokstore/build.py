@@ -503,8 +503,8 @@ def encode_batches(items, model: VQVAE, precision: str, device: torch.device,
     """(item, BatchResult of a MotionBatch or None), in the order of `items`.
 
     With an `engine` (exact mode) every batch goes through it: codes equal to each motion's codes
-    alone. Its margin is first calibrated on the multi-row batches among the first
-    `calibration_frames` frames (their codes are then the row-by-row ones).
+    alone. Its margin is first calibrated on the multi-row batches (a hybrid's: all batches)
+    among the first `calibration_frames` frames (their codes are then the row-by-row ones).
 
     On CPU every batch is encoded with ONE intra-op thread (vqvae.exact.PinnedThreads), as many
     batches side by side as torch.get_num_threads(): splitting one batch's small convolutions
@@ -580,14 +580,16 @@ def _recheck_threads() -> int:
 def _calibrated(items, engine: ExactEncoder, frames: int, submit):
     """The first items, up to `frames` frames of multi-row batches (or 4x that of any), as
     (item, future) pairs: the sample's results come from engine.calibrate, which sets the margin
-    every later batch is checked with."""
+    every later batch is checked with. A hybrid samples one-row batches too: on the device a row
+    alone is as inexact as in a batch (on the CPU it is the reference itself)."""
     head, sample, sampled, seen = [], [], 0, 0
+    informative = 0 if engine.fast is not None else 1  # fewer rows than this: nothing to measure
     for item in items:
         head.append(item)
         if isinstance(item, MotionBatch):
             size = item.motions.shape[0] * item.motions.shape[1]
             seen += size
-            if len(item.motions) > 1:
+            if len(item.motions) > informative:
                 sample.append(len(head) - 1)
                 sampled += size
             if sampled >= frames or seen >= 4 * frames:

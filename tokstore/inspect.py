@@ -367,11 +367,17 @@ def _render_exactness(info: dict) -> list[str]:
         lines.append("encoders:     " + "; ".join(
             f"{e.get('mode')} ({e.get('device')} {e.get('precision')}, torch {e.get('torch_version')})"
             for e in info.get("encoders") or []))
-    if found.get("margin"):
+    if found.get("margin") and not found.get("calibration_tokens"):
+        lines.append(f"  margin {found['margin']:.3g} ({found.get('decision_variable')}; not "
+                     "calibrated: no batch of several motions at the start to measure on)")
+    elif found.get("margin"):
         lines.append(f"  margin {found['margin']:.3g} ({found.get('decision_variable')}; "
                      f"{found.get('safety_factor'):g}x the measured deviation "
                      f"{found.get('measured_deviation', 0):.3g}, floor {found.get('margin_floor'):g}), "
                      f"calibrated on {found.get('calibration_tokens', 0)} tokens")
+    elif mode == "exact":
+        lines.append("  every motion was encoded alone (no batch of several motions to re-check)")
+    if found.get("margin"):
         lines.append(f"  re-encoded alone: {found.get('rows_reencoded', 0)} rows, largest deviation "
                      f"{found.get('max_reencode_deviation', 0):.3g} (stops above "
                      f"{found.get('stop_fraction'):g} of the margin); tokens changed by "

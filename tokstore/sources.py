@@ -137,8 +137,9 @@ def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndar
             raise SourceError(f"{path}: unreadable {kind} file ({_reason(exc)})") from None
         if arr.shape != (input_dim,):
             raise SourceError(f"{path}: {kind} has shape {arr.shape}, expected ({input_dim},)")
-        if arr.dtype.kind not in "fiu":
-            raise SourceError(f"{path}: {kind} has dtype {arr.dtype}, expected a float type")
+        if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
+            raise SourceError(f"{path}: {kind} has dtype {arr.dtype}, expected a float type "
+                              "of at most 64 bits (the original's torch takes no wider one)")
         if arr.dtype.kind != "f":
             arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
@@ -264,8 +265,8 @@ def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, s
         return 0, "missing motion file"
     except (OSError, ValueError, SyntaxError) as exc:
         return 0, f"unreadable .npy ({_reason(exc)})"
-    if dtype.kind != "f":
-        return 0, f"dtype {dtype} is not a float type"
+    if dtype.kind != "f" or dtype.itemsize > 8:  # float128: the original's torch takes no wider
+        return 0, f"dtype {dtype} is not a float type of at most 64 bits"
     if len(shape) != 2:
         return 0, f"shape {shape} is not (frames, features)"
     frames, features = shape

@@ -105,11 +105,12 @@ class PinnedThreads:
     the process-wide count the first time it touches torch's thread pool and keeps it for life
     (a later set_num_threads does not reach it). So the only way to give a thread one intra-op
     thread is to change the global for a moment: here the count is set to 1, the `n` workers are
-    started and each reads its count (which fixes it at 1), then the count is restored, all
-    before the constructor returns (about a millisecond). Only a host thread that touches torch
-    for the first time inside that window would keep one thread. If a worker still sees more than
-    one thread afterwards (another threading backend), the constructor keeps the global at 1 until
-    close() instead, the only other way to be exact, and says so in `held_globally`."""
+    started and each reads its count (which fixes it at 1), then the count is restored (all in a
+    fresh helper thread, whose count is the process-wide one), before the constructor returns
+    (about a millisecond). Only a host thread that touches torch for the first time inside that
+    window would keep one thread. If a worker still sees more than one thread afterwards (another
+    threading backend), the constructor keeps the global at 1 until close() instead, the only
+    other way to be exact, and says so in `held_globally`."""
 
     def __init__(self, n: int):
         if n < 1:
@@ -117,24 +118,38 @@ class PinnedThreads:
         self.n = n
         self.held_globally = False
         self._restore_to: int | None = None
-        started = threading.Barrier(n + 1)
         with _THREAD_SETTING:  # two windows at once would restore each other's 1
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
+            # the window runs in a fresh thread: its count is the process-wide one (the calling
+            # thread's own may differ, if it first used torch before the setting last changed),
+            # and set_num_threads there leaves the calling thread's count alone
+            window = ThreadPoolExecutor(1, thread_name_prefix="vqvae-exact-window")
             try:
-                self._pool = ThreadPoolExecutor(n, thread_name_prefix="vqvae-exact",
-                                                initializer=torch.get_num_threads)
-                waits = [self._pool.submit(started.wait) for _ in range(n)]  # every worker exists
-                started.wait()
-                for wait in waits:
-                    wait.result()
+                self._pool, before = window.submit(self._start_workers, n).result()
             finally:
-                torch.set_num_threads(before)
+                window.shutdown()
             seen = {self._pool.submit(torch.get_num_threads).result() for _ in range(n)}
             if seen != {1}:
                 self.held_globally = True
                 self._restore_to = before
                 torch.set_num_threads(1)
+
+    @staticmethod
+    def _start_workers(n: int) -> tuple[ThreadPoolExecutor, int]:
+        """In a fresh thread: set the count to 1, start `n` workers (each fixes its count at 1),
+        restore the process-wide count; (the pool, that count)."""
+        before = torch.get_num_threads()
+        started = threading.Barrier(n + 1)
+        torch.set_num_threads(1)
+        try:
+            pool = ThreadPoolExecutor(n, thread_name_prefix="vqvae-exact",
+                                      initializer=torch.get_num_threads)
+            waits = [pool.submit(started.wait) for _ in range(n)]  # every worker exists
+            started.wait()
+            for wait in waits:
+                wait.result()
+        finally:
+            torch.set_num_threads(before)
+        return pool, before
 
     def submit(self, fn, *args) -> Future:
         return self._pool.submit(fn, *args)
@@ -290,6 +305,8 @@ class ExactEncoder:
         the largest deviation measured (and any prior one), and return their exact results."""
         results = [f.result() for f in [self.submit(b, calibrate=True) for b in batches]]
         measured = max([r.checks.measured_deviation for r in results], default=0.0)
+        if not sum(r.checks.calibration_rows for r in results):
+            return results  # nothing measured is no evidence of a small deviation: margin unchanged
         with self._lock:
             self._margin = self.policy.margin_for(max(measured, self._prior))
             self.checks.margin = max(self.checks.margin, self._margin)
