@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vqvae.normalize import normalize
 
 from .errors import PreflightError, SourceError
+from .lifetime import worker_init
 
 HUMANML_FEATURES = {"t2m": 263, "kit": 251}
 # provenance: motions are cropped to (T // unit) * unit frames from frame 0 (original: random start)
@@ -537,8 +538,11 @@ def iter_batches(entries: list[Entry], mean: np.ndarray, std: np.ndarray, unit_l
     plan = plan_batches(entries, batch_frames, window)
     last_batch_of_window = {b.window_id: i for i, b in enumerate(plan.batches)}
     dataset = _BatchLoader(entries, plan, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    # workers end with this process and hold none of its locks (the store's): see lifetime.py
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=4 if workers else None)
+                        collate_fn=_as_is, prefetch_factor=4 if workers else None,
+                        worker_init_fn=functools.partial(worker_init, os.getpid()) if workers
+                        else None)
     for i, ok, texts, failures, motions in loader:
         window_id = plan.batches[i].window_id
         for entry_id, path, reason in failures:
