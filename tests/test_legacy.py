@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import cli
+from build_helpers import REPO
 from tokstore import TokenStore
 from tokstore.legacy import legacy_probs, read_all_data
 
@@ -27,6 +28,14 @@ def succeeds(*args):
     result = tokstore(*args)
     assert result.exit_code == 0, result.output
     return result
+
+
+def one_error_line(result) -> str:
+    """The only `error:` line of a failed command (progress bars aside), no traceback."""
+    errors = [line for line in result.output.splitlines() if "error: " in line]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
 
 
 def fails(*args, says: str):
@@ -294,3 +303,89 @@ def test_export_without_a_legacy_dtype_is_a_clear_error(tmp_path):
     with TokenStore.create(tmp_path / "store", 8) as store:
         store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
     fails("export-npy", tmp_path / "store", tmp_path / "codes", says="legacy_code_dtype")
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile pickles and planted files: bounded memory, no file written through a symlink
+
+class Reduces:
+    """Pickles as `callable(*args)` (then `state`, if given): what a hostile pickle can declare."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+HUGE = (1, 2**28)  # 1 GiB of int32 codes
+BOMBS = {
+    "ndarray called": Reduces(np.ndarray, (HUGE, "i4")),
+    "_reconstruct shape": Reduces(_RECONSTRUCT, (np.ndarray, HUGE, "i4")),
+    "object array state": Reduces(_RECONSTRUCT, (np.ndarray, (0,), "b"),
+                                  (1, HUGE, np.dtype("O"), False, [1, 2])),
+    "dtype too wide": Reduces(np.ndarray, ((1, 1), np.dtype(("i4", (2**28,))))),
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_pickle_declaring_a_huge_array_is_refused_without_allocating_it(tmp_path, bomb):
+    """In a child process: the old unpickler took 1 GiB for each (or crashed on the object array)."""
+    import subprocess
+    import sys
+
+    payload = tmp_path / "bomb.pkl"
+    payload.write_bytes(pickle.dumps({"text_data": {"a": ["x\n"]}, "file_names": ["a"],
+                                      "code_data": {"a": BOMBS[bomb]}}, protocol=2))
+    assert payload.stat().st_size < 400
+    child = subprocess.Popen([sys.executable, "-m", "cli", "import", "--store", tmp_path / "store",
+                              "--pickle", payload, "--codebook-size", "8"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(child.pid, 0)  # its output is a line: the pipes cannot fill
+    out, err = child.stdout.read(), child.stderr.read()
+    assert os.waitstatus_to_exitcode(status) == 1, (status, out, err)
+    assert usage.ru_maxrss < 900 * 1024, "the child's peak memory came near the declared GiB"
+    assert err.startswith(f"error: {payload}: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("verb, name", [("export-pickle", "all_data.pkl"),
+                                        ("export-prob", "prob.pt")])
+def test_exports_never_write_through_a_planted_symlink(tmp_path, verb, name):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    for planted in (out / f"{name}.tmp", out / name):
+        planted.symlink_to(victim)
+    succeeds(verb, tmp_path / "store", out / name)
+    assert victim.read_text() == "precious"
+    assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, f"{name}.tmp"])
+
+
+def test_export_npy_never_writes_through_a_planted_symlink(tmp_path):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "a.npy").symlink_to(victim)
+    result = tokstore("export-npy", tmp_path / "store", tmp_path / "codes")
+    assert victim.read_text() == "precious"
+    assert str(tmp_path / "codes" / "a.npy") in one_error_line(result)
+
+
+@pytest.mark.parametrize("verb", ["export-pickle", "export-prob"])
+def test_a_failed_export_leaves_no_temporary_file(tmp_path, verb):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "taken"
+    target.mkdir()  # a directory where the file should go: the rename fails
+    result = tokstore(verb, tmp_path / "store", target)
+    assert one_error_line(result).startswith(f"error: {target}: ")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["taken"]
