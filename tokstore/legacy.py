@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
-from tokstore.sources import read_captions, read_split
+from tokstore.sources import name_problem, read_captions, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
 
@@ -47,10 +47,9 @@ class UnsafePickleError(LegacyFormatError):
 
 def check_name(name: str) -> str:
     """A legacy name becomes a relative path: refuse one that would leave its folder."""
-    parts = name.split("/")
-    if not name or "\n" in name or any(part in ("", ".", "..") for part in parts):
-        raise LegacyFormatError(f"name {name!r} cannot be a relative file path "
-                                "(empty, absolute, '.' or '..' parts, or a newline)")
+    problem = "is empty" if not name else name_problem(name)
+    if problem:
+        raise LegacyFormatError(f"name {name!r} cannot be a relative file path: it {problem}")
     return name
 
 

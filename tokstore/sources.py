@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,22 +107,96 @@ class SourceLayout:
 # split, captions, statistics
 
 
-def read_split(path) -> list[str]:
-    """Names in a split file, one a line (they may hold '/' and spaces); blank lines skipped."""
+# a name becomes <dir>/<name>.npy and .txt: each '/' part must fit NAME_MAX (255) with the suffix
+MAX_NAME_PART = 251
+MAX_NAME_BYTES = 4096 - 256  # PATH_MAX, less room for the dataset folder
+MAX_CAPTION_BYTES = 4 << 20  # a caption file is a few lines: anything bigger is not one
+MAX_SPLIT_BYTES = 4 << 30
+
+
+class NotARegularFile(SourceError):
+    """A FIFO, device, socket or directory where a data file should be (reading it would hang or
+    never end), or a file beyond its size bound. `reason` is the message without the path."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def open_regular(path, max_bytes: int | None = None, kind: str = "file"):
+    """`path` opened for binary reading if it is a regular file of at most `max_bytes`. Opened
+    non-blocking first, so that a FIFO is refused instead of waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(path, f"{kind} is not a regular file (a FIFO, device or "
+                                        "directory)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise NotARegularFile(path, f"{kind} is larger than {max_bytes} bytes "
+                                        f"({info.st_size})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def name_problem(name: str) -> str | None:
+    """Why a split or legacy name cannot be a relative path under its folder, or None. Names
+    may hold '/' (sub-folders) and spaces."""
+    if "\0" in name:
+        return "holds a NUL byte"
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    if name.startswith("/"):
+        return "is an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "has a '..' part (it would leave the folder)"
+    if "." in parts:
+        return "has a '.' part"
+    if "" in parts:
+        return "has an empty part ('//' or a trailing '/')"
+    if len(name.encode()) > MAX_NAME_BYTES or \
+            max(len(part.encode()) for part in parts) > MAX_NAME_PART:
+        return (f"is longer than a file name can be ({MAX_NAME_PART} bytes a part, "
+                f"{MAX_NAME_BYTES} in all)")
+    return None
+
+
+def read_split(path) -> list[str]:
+    """Names in a split file, one a line (they may hold '/' and spaces); blank lines skipped, a
+    UTF-8 byte order mark ignored. A name that is not a safe relative path is an error naming
+    its line: it would read (and later write) files outside the dataset."""
+    try:
+        with open_regular(path, MAX_SPLIT_BYTES, "split file") as f:
+            text = f.read().decode("utf-8-sig")
     except FileNotFoundError:
         raise SourceError(f"split file not found: {path}") from None
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: split file is not valid UTF-8 ({_reason(exc)})") from None
+    names = []
+    for number, line in enumerate(text.split("\n"), 1):
+        name = line.strip()
+        if name:
+            problem = name_problem(name)
+            if problem:
+                shown = name if len(name) <= 80 else name[:77] + "..."
+                raise SourceError(f"{path}:{number}: name {shown!r} {problem}")
+            names.append(name)
+    return names
 
 
 def read_captions(path) -> list[str]:
     """Caption lines exactly as the original's `open(path).readlines()` gives them for UTF-8 text:
-    '\\n' kept (universal newlines), blank lines kept."""
-    with open(path, encoding="utf-8") as f:
-        return f.readlines()
+    '\\n' kept (universal newlines), blank lines kept. Regular files of at most
+    MAX_CAPTION_BYTES only (NotARegularFile otherwise)."""
+    with open_regular(path, MAX_CAPTION_BYTES, "caption file") as f:
+        raw = f.read(MAX_CAPTION_BYTES + 1)
+    if len(raw) > MAX_CAPTION_BYTES:  # grew since it was opened
+        raise NotARegularFile(path, f"caption file is larger than {MAX_CAPTION_BYTES} bytes")
+    return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").readlines()
 
 
 def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +206,8 @@ def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndar
     stats = []
     for kind, path in (("mean", mean_file), ("std", std_file)):
         try:
-            arr = np.load(path, allow_pickle=False)
+            with open_regular(path, kind=f"{kind} file") as f:
+                arr = np.load(f, allow_pickle=False)
         except FileNotFoundError:
             raise SourceError(f"{kind} file not found: {path}") from None
         except (OSError, ValueError, EOFError) as exc:
@@ -258,11 +334,13 @@ def read_npy_header(f) -> tuple[tuple, np.dtype, bool, int]:
 def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, str | None]:
     """(frames, reason or None) for one motion file, from its header and size alone."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, kind="motion file") as f:
             shape, dtype, _fortran, offset = read_npy_header(f)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return 0, "missing motion file"
+    except NotARegularFile as exc:
+        return 0, exc.reason
     except (OSError, ValueError, SyntaxError) as exc:
         return 0, f"unreadable .npy ({_reason(exc)})"
     if dtype.kind != "f":
@@ -282,10 +360,11 @@ def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, s
 
 def _caption_problem(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            f.read().decode("utf-8")
+        read_captions(path)
     except FileNotFoundError:
         return "missing caption file"
+    except NotARegularFile as exc:
+        return exc.reason
     except OSError as exc:
         return f"unreadable caption file ({_reason(exc)})"
     except UnicodeDecodeError as exc:
@@ -448,7 +527,7 @@ def load_motion(path, unit_length: int, mean, std) -> np.ndarray:
 def _read_motion(path: str, shape: tuple, scratch: np.ndarray) -> np.ndarray:
     """The array in a .npy file, read into `scratch` when it is C-ordered float32 (np.load
     allocates fresh memory for every file, which made loading several times slower)."""
-    with open(path, "rb") as f:
+    with open_regular(path, kind="motion file") as f:
         file_shape, dtype, fortran, offset = read_npy_header(f)
         if file_shape != shape or dtype.kind != "f":
             raise ValueError(f"changed since preflight: now {dtype} {file_shape}")
@@ -469,6 +548,8 @@ def _load_one(path: str, frames: int, scratch: np.ndarray, mean, std,
         motion = _read_motion(path, (frames, out.shape[-1]), scratch)
     except FileNotFoundError:
         return "missing motion file"
+    except NotARegularFile as exc:
+        return exc.reason
     except (OSError, ValueError, SyntaxError) as exc:
         return f"unreadable .npy ({_reason(exc)})"
     length = len(out)
@@ -508,6 +589,8 @@ class _BatchLoader:
                 path = self.text_paths[entry_id]
                 try:
                     texts.append(read_captions(path))
+                except NotARegularFile as exc:
+                    reason = exc.reason
                 except (OSError, UnicodeDecodeError) as exc:
                     reason = f"unreadable caption file ({_reason(exc)})"
             if reason is None:
