@@ -34,8 +34,14 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
+# library advice that names an API argument, as the command line spells it
+API_TO_FLAGS = {"(pass overwrite=True to replace it)": "(remove it, or give another --store)"}
+
+
 def _one_line(message: str) -> str:
     """A message as one line (a preflight report keeps its lines: one problem each)."""
+    for api, flags in API_TO_FLAGS.items():
+        message = message.replace(api, flags)
     return message if message.count("\n") and message.startswith("preflight") \
         else " ".join(message.split())
 
@@ -254,11 +260,11 @@ def decode(
     """Decode one sample's codes to motion, de-normalized: OUT.npy holds (T, D) float32."""
     import numpy as np
 
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, legacy
 
     with user_errors(), TokenStore.open(store) as opened:
         motion = inspect.decode_sample(opened, name, checkpoint, device, mean, std)
-        np.save(out, motion)
+        legacy.replace_atomically(out, lambda f: np.save(f, motion))  # OUT itself, no '.npy' added
     typer.echo(f"wrote {out}: {motion.shape[0]} frames x {motion.shape[1]} features, float32")
 
 

@@ -473,6 +473,8 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
                     with stop.held(raise_after=True):
                         _commit(job)
         except BaseException as exc:
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = options.store  # a full disk says which store it stopped
             with stop.held():  # a second signal cannot cut this commit short
                 if job and job.consistent and not isinstance(exc, StoreError):
                     _commit(job)  # complete windows only: resuming picks up right after them

@@ -58,12 +58,15 @@ def legacy_file(root: str | Path, name: str, suffix: str) -> Path:
     return Path(root) / (check_name(name) + suffix)
 
 
-def _replace_atomically(out_file: str | Path, write) -> Path:
+def replace_atomically(out_file: str | Path, write) -> Path:
     """Write through `write(f)` into a new, exclusively created temporary sibling with an
     unpredictable name (never a file someone planted, never through a symlink), then rename it
     over `out_file`: no half-written file on a crash, and no temporary file after any failure."""
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a regular file where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_file)) from None
     fd, tmp = tempfile.mkstemp(prefix=".tokstore-", suffix=".tmp", dir=out_file.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given it, not mkstemp's 0600
@@ -93,8 +96,13 @@ def _save_npy(path: Path, codes: np.ndarray) -> None:
         if exc.errno == errno.ELOOP:
             raise LegacyFormatError(f"{path} is a symbolic link: not writing through it") from None
         raise
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, codes)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, codes)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)  # a full disk says which file it stopped
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +349,7 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
 
 def export_prob(store, out_file: str | Path) -> Path:
     """The probability file: torch.save of the float32 tensor the original computed."""
-    return _replace_atomically(out_file, lambda f: torch.save(legacy_probs(store.counts), f))
+    return replace_atomically(out_file, lambda f: torch.save(legacy_probs(store.counts), f))
 
 
 def all_data(store, names: list[str] | None = None, progress: bool = True) -> dict:
@@ -372,7 +380,7 @@ def export_pickle(store, out_file: str | Path, split: str | Path | None = None,
     """all_data.pkl for the whole store, or for a split file's names in its order."""
     names = read_split(split) if split is not None else None
     data = all_data(store, names, progress)
-    return _replace_atomically(out_file, lambda f: pickle.dump(data, f, protocol=PICKLE_PROTOCOL))
+    return replace_atomically(out_file, lambda f: pickle.dump(data, f, protocol=PICKLE_PROTOCOL))
 
 
 # ---------------------------------------------------------------------------------------------
