@@ -170,3 +170,33 @@ def test_sigterm_commits_every_finished_window_even_if_signalled_again(tmp_path,
         f"interrupted by SIGTERM: 24 samples committed to {store}; re-run the same command to "
         "resume")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
+    """torchrun passes SIGTERM to both ranks (and the whole group gets it): rank 0 commits and
+    speaks, rank 1 stays quiet, the loaders ignore it and die with their rank. torchrun's own
+    SignalException traceback is torchrun's."""
+    import sys
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    store = tmp_path / "s.zarr"
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+                      "--workers", "2")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "cli"]
+    process = subprocess.Popen(torchrun + args, cwd=REPO, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        children = wait_for_workers(process, store, 6)  # 2 ranks, 2 loaders each
+        os.killpg(process.pid, signal.SIGTERM)  # as a scheduler stops a job
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert_none_alive_soon(children)
+    kept = committed(store)
+    assert [line for line in stderr.splitlines() if "interrupted" in line] == [
+        f"interrupted by SIGTERM: {kept} samples committed to {store}; re-run the same command "
+        "to resume"], stderr
+    assert not [line for line in stderr.splitlines() if line.startswith("[rank")], stderr
+    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)

@@ -73,9 +73,14 @@ def close_inherited_locks() -> list[int]:
 
 
 def worker_init(parent: int, _worker_id: int | None = None) -> None:
-    """DataLoader worker_init_fn: die with the parent, hold none of its locks."""
+    """DataLoader worker_init_fn: die with the parent, hold none of its locks, and leave stop
+    signals to the parent. Ctrl-C, a scheduler or torchrun signal the whole process group; a
+    worker that died of it would make the parent's loader raise in the middle of its commit. The
+    parent ends its workers itself (or its death does)."""
     die_with_parent(parent)
     close_inherited_locks()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class Interrupted(BaseException):
