@@ -125,21 +125,28 @@ class NotARegularFile(SourceError):
 
 def open_regular(path, max_bytes: int | None = None, kind: str = "file"):
     """`path` opened for binary reading if it is a regular file of at most `max_bytes`. Opened
-    non-blocking first, so that a FIFO is refused instead of waiting for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    non-blocking, so that a FIFO is refused instead of waiting for a writer (the flag does
+    nothing to a regular file, so it stays)."""
+    irregular = f"{kind} is not a regular file (a FIFO, device or directory)"
     try:
-        info = os.fstat(fd)
+        f = open(path, "rb", opener=_open_nonblocking)
+    except IsADirectoryError:
+        raise NotARegularFile(path, irregular) from None
+    try:
+        info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise NotARegularFile(path, f"{kind} is not a regular file (a FIFO, device or "
-                                        "directory)")
+            raise NotARegularFile(path, irregular)
         if max_bytes is not None and info.st_size > max_bytes:
             raise NotARegularFile(path, f"{kind} is larger than {max_bytes} bytes "
                                         f"({info.st_size})")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return f
     except BaseException:
-        os.close(fd)
+        f.close()
         raise
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def name_problem(name: str) -> str | None:
@@ -192,11 +199,19 @@ def read_captions(path) -> list[str]:
     """Caption lines exactly as the original's `open(path).readlines()` gives them for UTF-8 text:
     '\\n' kept (universal newlines), blank lines kept. Regular files of at most
     MAX_CAPTION_BYTES only (NotARegularFile otherwise)."""
+    text = _caption_bytes(path).decode("utf-8")
+    if "\r" in text:  # universal newlines, as text mode reads them
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def _caption_bytes(path) -> bytes:
     with open_regular(path, MAX_CAPTION_BYTES, "caption file") as f:
         raw = f.read(MAX_CAPTION_BYTES + 1)
     if len(raw) > MAX_CAPTION_BYTES:  # grew since it was opened
         raise NotARegularFile(path, f"caption file is larger than {MAX_CAPTION_BYTES} bytes")
-    return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").readlines()
+    return raw
 
 
 def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -360,7 +375,7 @@ def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, s
 
 def _caption_problem(path: str) -> str | None:
     try:
-        read_captions(path)
+        _caption_bytes(path).decode("utf-8")
     except FileNotFoundError:
         return "missing caption file"
     except NotARegularFile as exc:
