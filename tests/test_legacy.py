@@ -389,3 +389,42 @@ def test_a_failed_export_leaves_no_temporary_file(tmp_path, verb):
     result = tokstore(verb, tmp_path / "store", target)
     assert one_error_line(result).startswith(f"error: {target}: ")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["taken"]
+
+
+@pytest.mark.parametrize("what", ["pickle", "prob"])
+def test_import_refuses_a_fifo_at_once(tmp_path, what):
+    """The old import blocked forever opening a FIFO given as a legacy file."""
+    import subprocess
+    import sys
+
+    codes, texts = tmp_path / "codes", tmp_path / "texts"
+    codes.mkdir(), texts.mkdir()
+    np.save(codes / "a.npy", np.zeros((1, 3), np.int32))
+    (texts / "a.txt").write_text("x\n")
+    (tmp_path / "split.txt").write_text("a\n")
+    fifo = {"pickle": tmp_path / "p.pkl", "prob": tmp_path / "prob.pt"}
+    fifo[what].unlink(missing_ok=True)
+    os.mkfifo(fifo[what])
+    args = (["--pickle", fifo[what], "--codebook-size", 8] if what == "pickle" else
+            ["--codes-dir", codes, "--texts-dir", texts, "--split", tmp_path / "split.txt",
+             "--codebook-size", 8] + (["--prob", fifo[what]] if what == "prob" else []))
+    result = subprocess.run([sys.executable, "-m", "cli", "import", "--store", tmp_path / "s.zarr",
+                             *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert str(fifo[what]) in line and "not a regular file" in line
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_code_file_declaring_more_than_it_holds_is_refused(tmp_path):
+    """A 128-byte .npy declaring 32 GiB of codes: refused from its header, nothing allocated."""
+    codes, texts = tmp_path / "codes", tmp_path / "texts"
+    codes.mkdir(), texts.mkdir()
+    with open(codes / "a.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<i4", "fortran_order": False, "shape": (1, 2**33)})
+    (texts / "a.txt").write_text("x\n")
+    (tmp_path / "split.txt").write_text("a\n")
+    fails("import", "--store", tmp_path / "s.zarr", "--codes-dir", codes, "--texts-dir", texts,
+          "--split", tmp_path / "split.txt", "--codebook-size", 8, says="truncated .npy")
+    assert not (tmp_path / "s.zarr").exists()

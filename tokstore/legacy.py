@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
-from tokstore.sources import name_problem, read_captions, read_split
+from tokstore.sources import name_problem, open_regular, read_captions, read_npy_header, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
 
@@ -116,8 +116,9 @@ def legacy_probs(counts: np.ndarray) -> torch.Tensor:
 def load_prob(path: str | Path) -> torch.Tensor:
     """A probability file as the original saved it: torch.save of a 1-D float32 tensor."""
     try:
-        prob = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, PermissionError):
+        with open_regular(path, kind="prob file") as f:
+            prob = torch.load(f, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, TokstoreError):
         raise
     except Exception as exc:
         raise LegacyFormatError(f"{path}: not a torch-saved probability tensor ({exc})") from None
@@ -255,7 +256,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def safe_load_pickle(path: str | Path):
     """Load an untrusted pickle through RestrictedUnpickler; any failure is a LegacyFormatError."""
-    with open(path, "rb") as f:
+    with open_regular(path, kind="pickle") as f:
         try:
             return RestrictedUnpickler(f).load()
         except UnsafePickleError as exc:
@@ -386,13 +387,27 @@ def export_pickle(store, out_file: str | Path, split: str | Path | None = None,
 # ---------------------------------------------------------------------------------------------
 # importers
 
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load of an untrusted .npy: a regular file whose header asks for no more than it holds
+    (np.load would first allocate whatever the header declares)."""
+    with open_regular(path, kind="code file") as f:
+        shape, dtype, _fortran, offset = read_npy_header(f)
+        needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+        size = os.fstat(f.fileno()).st_size
+        if size < needed:
+            raise LegacyFormatError(f"{path}: truncated .npy ({size} bytes, its header needs "
+                                    f"{needed})")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
+
 def _legacy_samples_from_dirs(codes_dir: Path, texts_dir: Path, names: list[str]):
     """(name, 1-D codes, caption lines) per name, one code file and one text file at a time."""
     for name in names:
         code_path = legacy_file(codes_dir, name, ".npy")
         try:
-            codes = np.load(code_path, allow_pickle=False)
-        except (FileNotFoundError, PermissionError):
+            codes = _load_npy(code_path)
+        except (FileNotFoundError, PermissionError, TokstoreError):
             raise
         except Exception as exc:
             raise LegacyFormatError(f"{code_path}: not a readable .npy file ({exc})") from None
