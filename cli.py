@@ -23,6 +23,9 @@ def user_errors():
     try:
         yield
     except StoppedBySignal as exc:
+        import atexit
+
+        atexit.register(_ignore_stop_signals)  # runs before torch's slow exit hooks (LIFO)
         if not exc.rank:
             typer.echo(str(exc), err=True)
         raise typer.Exit(128 + exc.signum) from None
@@ -36,6 +39,14 @@ def user_errors():
 
 # library advice that names an API argument, as the command line spells it
 API_TO_FLAGS = {"(pass overwrite=True to replace it)": "(remove it, or give another --store)"}
+
+
+def _ignore_stop_signals() -> None:
+    """At exit after a stop signal: one more (a second Ctrl-C) would only add a traceback."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _one_line(message: str) -> str:

@@ -106,9 +106,12 @@ def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
     rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
 
 
-@pytest.mark.parametrize("name, sig", [("s.zarr", signal.SIGTERM), ("s.h5", signal.SIGTERM),
-                                       ("s.zarr", signal.SIGINT)])
-def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig):
+@pytest.mark.parametrize("name, sig, ctrl_c_twice", [
+    ("s.zarr", signal.SIGTERM, False), ("s.h5", signal.SIGTERM, False),
+    ("s.zarr", signal.SIGINT, False), ("s.h5", signal.SIGINT, True)])
+def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig,
+                                                                           ctrl_c_twice):
+    """ctrl_c_twice: SIGINT to the whole process group (workers too), and again 50 ms later."""
     dataset, checkpoint = tiny_setup(tmp_path, n=N)
     store = tmp_path / name
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
@@ -116,7 +119,12 @@ def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_
     process = start_build(args)
     try:
         children = wait_for_workers(process, store, 2)
-        process.send_signal(sig)
+        if ctrl_c_twice:
+            os.killpg(process.pid, sig)
+            time.sleep(0.05)
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()

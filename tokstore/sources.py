@@ -641,11 +641,20 @@ def iter_batches(entries: list[Entry], mean: np.ndarray, std: np.ndarray, unit_l
                         collate_fn=_as_is, prefetch_factor=4 if workers else None,
                         worker_init_fn=functools.partial(worker_init, os.getpid()) if workers
                         else None)
-    for i, ok, texts, failures, motions in loader:
-        window_id = plan.batches[i].window_id
-        for entry_id, path, reason in failures:
-            yield LoadFailure(window_id, entry_id, entries[entry_id].name, path, reason)
-        if len(ok):
-            yield MotionBatch(window_id, ok, [entries[j].name for j in ok.tolist()], texts, motions)
-        if last_batch_of_window[window_id] == i:
-            yield WindowEnd(window_id, *plan.windows[window_id])
+    batches = iter(loader)
+    try:
+        for i, ok, texts, failures, motions in batches:
+            window_id = plan.batches[i].window_id
+            for entry_id, path, reason in failures:
+                yield LoadFailure(window_id, entry_id, entries[entry_id].name, path, reason)
+            if len(ok):
+                yield MotionBatch(window_id, ok, [entries[j].name for j in ok.tolist()], texts,
+                                  motions)
+            if last_batch_of_window[window_id] == i:
+                yield WindowEnd(window_id, *plan.windows[window_id])
+    finally:
+        # the workers stop now, while the caller still handles signals, not whenever the last
+        # traceback that holds the iterator is dropped (torch has no public close)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
