@@ -146,12 +146,23 @@ def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(world, tmp_
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_a_full_disk_during_export_npy_names_the_file(world, tmp_path, monkeypatch, code):
+    """The third file fails half-written: the two before it stay whole, no partial file."""
+    real_save, saved = np.save, []
+
     def save(f, codes):
-        raise OSError(code, os.strerror(code))
+        saved.append(1)
+        if len(saved) == 3:
+            f.write(b"\x93NUMPY partial")
+            raise OSError(code, os.strerror(code))
+        real_save(f, codes)
+
     monkeypatch.setattr(legacy.np, "save", save)
+    monkeypatch.setattr(legacy, "SAVE_THREADS", 1)
     line = assert_one_line(run_cli("export-npy", world["store"], tmp_path / "codes"),
                            tmp_path / "codes")
     assert f"({errno.errorcode[code]})" in line
+    written = sorted((tmp_path / "codes").rglob("*.npy"))
+    assert len(written) >= 2 and all(np.load(p).shape[0] == 1 for p in written)
 
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])

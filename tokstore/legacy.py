@@ -99,8 +99,10 @@ def _save_npy(path: Path, codes: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, codes)
-    except OSError as exc:
-        if exc.filename is None:
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # never leave a truncated code file behind
+        if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)  # a full disk says which file it stopped
         raise
 
