@@ -6,6 +6,7 @@ import collections
 import os
 import pickle
 import pickletools
+import textwrap
 
 import numpy as np
 import pytest
@@ -331,7 +332,9 @@ BOMBS = {
 
 @pytest.mark.parametrize("bomb", BOMBS)
 def test_a_pickle_declaring_a_huge_array_is_refused_without_allocating_it(tmp_path, bomb):
-    """In a child process: the old unpickler took 1 GiB for each (or crashed on the object array)."""
+    """In a child process, whose own peak memory (VmHWM: per address space, not inherited from
+    pytest as ru_maxrss is) it reports at exit: the old unpickler took 1 GiB for each (or
+    crashed on the object array)."""
     import subprocess
     import sys
 
@@ -339,14 +342,24 @@ def test_a_pickle_declaring_a_huge_array_is_refused_without_allocating_it(tmp_pa
     payload.write_bytes(pickle.dumps({"text_data": {"a": ["x\n"]}, "file_names": ["a"],
                                       "code_data": {"a": BOMBS[bomb]}}, protocol=2))
     assert payload.stat().st_size < 400
-    child = subprocess.Popen([sys.executable, "-m", "cli", "import", "--store", tmp_path / "store",
-                              "--pickle", payload, "--codebook-size", "8"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)  # its output is a line: the pipes cannot fill
-    out, err = child.stdout.read(), child.stderr.read()
-    assert os.waitstatus_to_exitcode(status) == 1, (status, out, err)
-    assert usage.ru_maxrss < 900 * 1024, "the child's peak memory came near the declared GiB"
+    peak = tmp_path / "peak"
+    child = textwrap.dedent(f"""
+        import atexit, runpy, sys
+        def report():
+            with open({str(peak)!r}, "w") as out:
+                out.write(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")))
+        atexit.register(report)
+        sys.argv = ["cli", "import", "--store", {str(tmp_path / "store")!r}, "--pickle",
+                    {str(payload)!r}, "--codebook-size", "8"]
+        runpy.run_module("cli", run_name="__main__")
+    """)
+    result = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    err = result.stderr
     assert err.startswith(f"error: {payload}: ") and len(err.strip().splitlines()) == 1, err
+    peak_kib = int(peak.read_text().split()[1])
+    assert peak_kib < 900 * 1024, "the child's peak memory came near the declared GiB"
     assert not (tmp_path / "store").exists()
 
 
