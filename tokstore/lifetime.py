@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def die_with_parent(parent: int, use_prctl: bool = True) -> str:
 
 
 def _prctl_pdeathsig(sig: int) -> bool:
-    if not os.uname().sysname == "Linux":
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
