@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tokstore.errors import TokstoreError
+from tokstore.errors import StoppedBySignal, TokstoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tokenize motion datasets into a chunked token store, and read it back.")
@@ -16,14 +16,57 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn a library error into `error: <message>` on stderr and exit status 1."""
+    """Turn a library or OS error into ONE line `error: <message>` on stderr and exit status 1;
+    a stop signal into its one line and 128 + the signal number."""
     from vqvae import VQVAEError
 
     try:
         yield
-    except (TokstoreError, VQVAEError, FileNotFoundError, PermissionError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except StoppedBySignal as exc:
+        import atexit
+
+        atexit.register(_ignore_stop_signals)  # runs before torch's slow exit hooks (LIFO)
+        if not exc.rank:
+            typer.echo(str(exc), err=True)
+        raise typer.Exit(128 + exc.signum) from None
+    except (TokstoreError, VQVAEError) as exc:
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: {os_error_line(exc)}", err=True)
+        raise typer.Exit(1) from None
+
+
+# library advice that names an API argument, as the command line spells it
+API_TO_FLAGS = {"(pass overwrite=True to replace it)": "(remove it, or give another --store)"}
+
+
+def _ignore_stop_signals() -> None:
+    """At exit after a stop signal: one more (a second Ctrl-C) would only add a traceback."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _one_line(message: str) -> str:
+    """A message as one line (a preflight report keeps its lines: one problem each)."""
+    for api, flags in API_TO_FLAGS.items():
+        message = message.replace(api, flags)
+    return message if message.count("\n") and message.startswith("preflight") \
+        else " ".join(message.split())
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<file>: <what the OS said> (<ERRNO>)`, both files for a rename; the file is left out
+    only where the OS error named none."""
+    import errno as errno_names
+
+    what = exc.strerror or str(exc) or type(exc).__name__
+    code = f" ({errno_names.errorcode[exc.errno]})" if exc.errno in errno_names.errorcode else ""
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    where = " -> ".join(files)
+    return f"{where}: {what}{code}" if where else f"{what}{code}"
 
 
 # ---- build, demo (tokstore/build.py, tokstore/demo.py) ------------------------------------------
@@ -231,11 +274,11 @@ def decode(
     """Decode one sample's codes to motion, de-normalized: OUT.npy holds (T, D) float32."""
     import numpy as np
 
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, legacy
 
     with user_errors(), TokenStore.open(store) as opened:
         motion = inspect.decode_sample(opened, name, checkpoint, device, mean, std)
-        np.save(out, motion)
+        legacy.replace_atomically(out, lambda f: np.save(f, motion))  # OUT itself, no '.npy' added
     typer.echo(f"wrote {out}: {motion.shape[0]} frames x {motion.shape[1]} features, float32")
 
 

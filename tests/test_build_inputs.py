@@ -128,3 +128,93 @@ def test_nothing_left_after_skipping(tmp_path):
         corrupt(dataset, "missing_caption", name)
     result = run_cli(*build_args(dataset, checkpoint, tmp_path / "s.zarr", "--on-error", "skip"))
     assert result.exit_code == 1 and "no motion left to encode" in result.output
+
+
+# ---- hostile names and files: refused by name and line, never read, never hung on ------------
+
+def one_error_line(result) -> str:
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("../../evil", "'..'"), ("a/../../evil", "'..'"), ("/etc/passwd", "absolute"),
+    ("a/./b", "'.'"), ("a//b", "empty part"), ("a\0b", "NUL"), ("x" * 300, "longer than"),
+])
+def test_a_split_name_that_would_leave_the_dataset_is_refused_by_line(tmp_path, bad, why):
+    dataset, checkpoint = tiny_setup(tmp_path, n=4)
+    outside = tmp_path / "evil.npy"  # what ../../evil would read from the motion folder
+    np.save(outside, np.zeros((8, 272), np.float32))
+    split = dataset.layout.split_file
+    names = dataset.names[:2] + [bad] + dataset.names[2:]
+    split.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    store = tmp_path / "s.zarr"
+    for on_error in ("fail", "skip"):
+        line = one_error_line(run_cli(*build_args(dataset, checkpoint, store, "--on-error",
+                                                  on_error)))
+        assert line.startswith(f"error: {split}:3: ") and why in line
+        assert not store.exists()
+
+
+def test_a_split_with_a_utf8_bom_names_its_first_entry_correctly(tmp_path):
+    dataset, checkpoint = tiny_setup(tmp_path, n=4)
+    split = dataset.layout.split_file
+    split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes())
+    store = tmp_path / "s.zarr"
+    assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+    assert contents(store)["names"] == dataset.names
+
+
+def _plant(dataset, kind: str, what: str) -> str:
+    """Replace an entry's caption or motion file by a FIFO, /dev/zero, a directory or a huge file."""
+    import os
+
+    name = dataset.names[VICTIM]
+    path = dataset.layout.text_path(name) if kind == "caption" else dataset.layout.motion_path(name)
+    os.unlink(path)
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "device":
+        os.symlink("/dev/zero", path)
+    elif what == "directory":
+        os.mkdir(path)
+    else:  # a sparse 64 GiB caption
+        with open(path, "wb") as f:
+            f.truncate(64 << 30)
+    return path
+
+
+@pytest.mark.parametrize("kind, what, reason", [
+    ("caption", "fifo", "not a regular file"), ("caption", "device", "not a regular file"),
+    ("caption", "directory", "not a regular file"), ("caption", "huge", "larger than"),
+    ("motion", "fifo", "not a regular file"), ("motion", "device", "not a regular file"),
+])
+def test_devices_fifos_and_huge_captions_are_refused_at_once(tmp_path, kind, what, reason):
+    """In a child process with a timeout and a memory limit: the old build hung on a FIFO and
+    read /dev/zero until MemoryError."""
+    import resource
+    import subprocess
+
+    from build_helpers import CLI, REPO, subprocess_env
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    path = _plant(dataset, kind, what)
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    for on_error in ("fail", "skip"):
+        store = tmp_path / f"{on_error}.zarr"
+        result = subprocess.run(CLI + build_args(dataset, checkpoint, store, "--on-error", on_error),
+                                cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                                timeout=120, preexec_fn=limit_memory)
+        assert "Traceback" not in result.stderr
+        if on_error == "fail":
+            assert result.returncode == 1
+            assert any(str(path) in line and reason in line for line in result.stderr.splitlines())
+        else:
+            assert result.returncode == 0, result.stderr
+            [record] = contents(store)["skipped"]
+            assert record["path"] == str(path) and reason in record["reason"]

@@ -6,6 +6,7 @@ import collections
 import os
 import pickle
 import pickletools
+import textwrap
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import cli
+from build_helpers import REPO
 from tokstore import TokenStore
 from tokstore.legacy import legacy_probs, read_all_data
 
@@ -27,6 +29,14 @@ def succeeds(*args):
     result = tokstore(*args)
     assert result.exit_code == 0, result.output
     return result
+
+
+def one_error_line(result) -> str:
+    """The only `error:` line of a failed command (progress bars aside), no traceback."""
+    errors = [line for line in result.output.splitlines() if "error: " in line]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
 
 
 def fails(*args, says: str):
@@ -294,3 +304,140 @@ def test_export_without_a_legacy_dtype_is_a_clear_error(tmp_path):
     with TokenStore.create(tmp_path / "store", 8) as store:
         store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
     fails("export-npy", tmp_path / "store", tmp_path / "codes", says="legacy_code_dtype")
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile pickles and planted files: bounded memory, no file written through a symlink
+
+class Reduces:
+    """Pickles as `callable(*args)` (then `state`, if given): what a hostile pickle can declare."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+HUGE = (1, 2**28)  # 1 GiB of int32 codes
+BOMBS = {
+    "ndarray called": Reduces(np.ndarray, (HUGE, "i4")),
+    "_reconstruct shape": Reduces(_RECONSTRUCT, (np.ndarray, HUGE, "i4")),
+    "object array state": Reduces(_RECONSTRUCT, (np.ndarray, (0,), "b"),
+                                  (1, HUGE, np.dtype("O"), False, [1, 2])),
+    "dtype too wide": Reduces(np.ndarray, ((1, 1), np.dtype(("i4", (2**28,))))),
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_pickle_declaring_a_huge_array_is_refused_without_allocating_it(tmp_path, bomb):
+    """In a child process, whose own peak memory (VmHWM: per address space, not inherited from
+    pytest as ru_maxrss is) it reports at exit: the old unpickler took 1 GiB for each (or
+    crashed on the object array)."""
+    import subprocess
+    import sys
+
+    payload = tmp_path / "bomb.pkl"
+    payload.write_bytes(pickle.dumps({"text_data": {"a": ["x\n"]}, "file_names": ["a"],
+                                      "code_data": {"a": BOMBS[bomb]}}, protocol=2))
+    assert payload.stat().st_size < 400
+    peak = tmp_path / "peak"
+    child = textwrap.dedent(f"""
+        import atexit, runpy, sys
+        def report():
+            with open({str(peak)!r}, "w") as out:
+                out.write(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")))
+        atexit.register(report)
+        sys.argv = ["cli", "import", "--store", {str(tmp_path / "store")!r}, "--pickle",
+                    {str(payload)!r}, "--codebook-size", "8"]
+        runpy.run_module("cli", run_name="__main__")
+    """)
+    result = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    err = result.stderr
+    assert err.startswith(f"error: {payload}: ") and len(err.strip().splitlines()) == 1, err
+    peak_kib = int(peak.read_text().split()[1])
+    assert peak_kib < 900 * 1024, "the child's peak memory came near the declared GiB"
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("verb, name", [("export-pickle", "all_data.pkl"),
+                                        ("export-prob", "prob.pt")])
+def test_exports_never_write_through_a_planted_symlink(tmp_path, verb, name):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    for planted in (out / f"{name}.tmp", out / name):
+        planted.symlink_to(victim)
+    succeeds(verb, tmp_path / "store", out / name)
+    assert victim.read_text() == "precious"
+    assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, f"{name}.tmp"])
+
+
+def test_export_npy_never_writes_through_a_planted_symlink(tmp_path):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "codes").mkdir()
+    (tmp_path / "codes" / "a.npy").symlink_to(victim)
+    result = tokstore("export-npy", tmp_path / "store", tmp_path / "codes")
+    assert victim.read_text() == "precious"
+    assert str(tmp_path / "codes" / "a.npy") in one_error_line(result)
+
+
+@pytest.mark.parametrize("verb", ["export-pickle", "export-prob"])
+def test_a_failed_export_leaves_no_temporary_file(tmp_path, verb):
+    with TokenStore.create(tmp_path / "store", 8, meta={"legacy_code_dtype": "int32"}) as store:
+        store.append(["a"], [np.array([1, 2], np.int32)], [["x\n"]])
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "taken"
+    target.mkdir()  # a directory where the file should go: the rename fails
+    result = tokstore(verb, tmp_path / "store", target)
+    assert one_error_line(result).startswith(f"error: {target}: ")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["taken"]
+
+
+@pytest.mark.parametrize("what", ["pickle", "prob"])
+def test_import_refuses_a_fifo_at_once(tmp_path, what):
+    """The old import blocked forever opening a FIFO given as a legacy file."""
+    import subprocess
+    import sys
+
+    codes, texts = tmp_path / "codes", tmp_path / "texts"
+    codes.mkdir(), texts.mkdir()
+    np.save(codes / "a.npy", np.zeros((1, 3), np.int32))
+    (texts / "a.txt").write_text("x\n")
+    (tmp_path / "split.txt").write_text("a\n")
+    fifo = {"pickle": tmp_path / "p.pkl", "prob": tmp_path / "prob.pt"}
+    fifo[what].unlink(missing_ok=True)
+    os.mkfifo(fifo[what])
+    args = (["--pickle", fifo[what], "--codebook-size", 8] if what == "pickle" else
+            ["--codes-dir", codes, "--texts-dir", texts, "--split", tmp_path / "split.txt",
+             "--codebook-size", 8] + (["--prob", fifo[what]] if what == "prob" else []))
+    result = subprocess.run([sys.executable, "-m", "cli", "import", "--store", tmp_path / "s.zarr",
+                             *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert str(fifo[what]) in line and "not a regular file" in line
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_code_file_declaring_more_than_it_holds_is_refused(tmp_path):
+    """A 128-byte .npy declaring 32 GiB of codes: refused from its header, nothing allocated."""
+    codes, texts = tmp_path / "codes", tmp_path / "texts"
+    codes.mkdir(), texts.mkdir()
+    with open(codes / "a.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<i4", "fortran_order": False, "shape": (1, 2**33)})
+    (texts / "a.txt").write_text("x\n")
+    (tmp_path / "split.txt").write_text("a\n")
+    fails("import", "--store", tmp_path / "s.zarr", "--codes-dir", codes, "--texts-dir", texts,
+          "--split", tmp_path / "split.txt", "--codebook-size", 8, says="truncated .npy")
+    assert not (tmp_path / "s.zarr").exists()

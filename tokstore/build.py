@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -35,7 +36,8 @@ from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, Exactnes
                          PinnedThreads)
 
 from .distributed import Ranks
-from .errors import TokstoreError
+from .errors import StoppedBySignal, TokstoreError
+from .lifetime import Interrupted, StopSignals
 from .sources import (CROP_POLICY, Entry, LoadFailure, MotionBatch, SourceLayout, iter_batches,
                       load_motion, load_stats, preflight, read_split, stats_sha256)
 from .store import NotAStoreError, StoreError, TokenStore
@@ -89,6 +91,10 @@ def _mode_line(mode: str, device: torch.device) -> str:
                 "calibrated on this machine at start")
     return (f"codes: NOT exact ({mode.removeprefix('inexact ')}): a few tokens may differ from the "
             "original's; --device cpu --precision fp32 gives exact codes")
+
+
+class BuildInterrupted(BuildError, StoppedBySignal):
+    """SIGTERM or SIGINT stopped the build after committing every finished window."""
 
 
 def _stderr(message: str) -> None:
@@ -164,17 +170,22 @@ def build(options: BuildOptions) -> BuildSummary:
     """Encode the split into the store (created, resumed, or left alone when finished)."""
     started = time.perf_counter()
     _check_options(options)
-    with Ranks.from_env() as ranks:
-        device = resolve_device(options.device, ranks.local_rank)
-        if options.batch_frames is None:
-            options = replace(options, batch_frames=BATCH_FRAMES.get(device.type, 131072))
-        job, share = ranks.from_leader(lambda: _prepare(options, device, ranks.world))
+    with Ranks.from_env() as ranks, StopSignals() as stop:
+        try:
+            device = resolve_device(options.device, ranks.local_rank)
+            if options.batch_frames is None:
+                options = replace(options, batch_frames=BATCH_FRAMES.get(device.type, 131072))
+            job, share = ranks.from_leader(lambda: _prepare(options, device, ranks.world))
+        except Interrupted as exc:
+            raise BuildInterrupted(f"interrupted by {exc}: before encoding began, nothing new was "
+                                   "committed; re-run the same command to start",
+                                   exc.signum, ranks.rank) from None
         if share.done is not None:
             share.done.seconds = time.perf_counter() - started
             share.done.rank = ranks.rank
             return share.done
         model = job.model if job else load_checkpoint(options.checkpoint, options.model, device)
-        return _run(options, ranks, job, share, model, device, started)
+        return _run(options, ranks, job, share, model, device, started, stop)
 
 
 def _check_options(options: BuildOptions) -> None:
@@ -635,7 +646,7 @@ def one_intra_op_thread():
 
 
 def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, model: VQVAE,
-         device: torch.device, started: float) -> BuildSummary:
+         device: torch.device, started: float, stop: StopSignals) -> BuildSummary:
     bar = tqdm(total=job.frames_to_do if job else 0, unit="frame", unit_scale=True,
                desc="encode", disable=not (job and options.progress), smoothing=0.1)
     motions = 0
@@ -668,19 +679,31 @@ def _run(options: BuildOptions, ranks: Ranks, job: _Job | None, share: _Share, m
                         if rank:
                             motions += len(window.names)
                             bar.update(window.frames)
-                        _append(job, window)
+                        with stop.held(raise_after=True):  # an append is never cut in half
+                            _append(job, window)
                 if job and job.since_commit >= options.commit_every:
-                    _commit(job)
+                    with stop.held(raise_after=True):
+                        _commit(job)
         except BaseException as exc:
-            if job and job.consistent and not isinstance(exc, StoreError):
-                _commit(job)  # complete windows only: resuming picks up right after them
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = options.store  # a full disk says which store it stopped
+            with stop.held():  # a second signal cannot cut this commit short
+                if job and job.consistent and not isinstance(exc, StoreError):
+                    _commit(job)  # complete windows only: resuming picks up right after them
             if isinstance(exc, LoadFailedError):  # every rank raises it: let rank 0 commit
                 ranks.barrier()  # before torchrun stops the processes still running
+            if stop.received is not None:  # also when a peer's death came first (torchrun)
+                kept = f"{len(job.store)} samples committed to {job.store.path}" if job else \
+                    "rank 0 commits"
+                raise BuildInterrupted(f"interrupted by {signal.Signals(stop.received).name}: {kept}; "
+                                       "re-run the same command to resume", stop.received,
+                                       ranks.rank) from None
             raise
         seconds = time.perf_counter() - started
         if not job:
             return BuildSummary(options.store, 0, 0, encoded, frames, [], seconds, rank=ranks.rank)
-        _commit(job, complete=True)
+        with stop.held():  # complete: a signal now changes nothing
+            _commit(job, complete=True)
         store = job.store
         return BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
                             store.meta["skipped"], seconds, job.resumed_from)

@@ -16,3 +16,12 @@ class PreflightError(SourceError):
     def __init__(self, message: str, problems: list):
         super().__init__(message)
         self.problems = problems
+
+
+class StoppedBySignal(TokstoreError):
+    """SIGTERM or SIGINT stopped a command after it kept what it could (the message says what).
+    `signum`: the signal; `rank`: under torchrun, only rank 0 speaks for the job."""
+
+    def __init__(self, message: str, signum: int, rank: int = 0):
+        super().__init__(message)
+        self.signum, self.rank = signum, rank

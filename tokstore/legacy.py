@@ -9,9 +9,12 @@ Formats: ../shared/spec/legacy-formats.md.
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import os
 import pickle
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
-from tokstore.sources import read_captions, read_split
+from tokstore.sources import name_problem, open_regular, read_captions, read_npy_header, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
 
@@ -44,10 +47,9 @@ class UnsafePickleError(LegacyFormatError):
 
 def check_name(name: str) -> str:
     """A legacy name becomes a relative path: refuse one that would leave its folder."""
-    parts = name.split("/")
-    if not name or "\n" in name or any(part in ("", ".", "..") for part in parts):
-        raise LegacyFormatError(f"name {name!r} cannot be a relative file path "
-                                "(empty, absolute, '.' or '..' parts, or a newline)")
+    problem = "is empty" if not name else name_problem(name)
+    if problem:
+        raise LegacyFormatError(f"name {name!r} cannot be a relative file path: it {problem}")
     return name
 
 
@@ -56,15 +58,53 @@ def legacy_file(root: str | Path, name: str, suffix: str) -> Path:
     return Path(root) / (check_name(name) + suffix)
 
 
-def _replace_atomically(out_file: str | Path, write) -> Path:
-    """Write through `write(f)` into a temporary sibling, then rename: no half-written file on a crash."""
+def replace_atomically(out_file: str | Path, write) -> Path:
+    """Write through `write(f)` into a new, exclusively created temporary sibling with an
+    unpredictable name (never a file someone planted, never through a symlink), then rename it
+    over `out_file`: no half-written file on a crash, and no temporary file after any failure."""
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(out_file.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, out_file)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a regular file where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_file)) from None
+    fd, tmp = tempfile.mkstemp(prefix=".tokstore-", suffix=".tmp", dir=out_file.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given it, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, out_file)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (tmp, None):
+            exc.filename, exc.filename2 = str(out_file), None  # name the file the user gave
+        raise
     return out_file
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _save_npy(path: Path, codes: np.ndarray) -> None:
+    """np.save, refusing a symlink planted where the file goes (O_NOFOLLOW)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LegacyFormatError(f"{path} is a symbolic link: not writing through it") from None
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, codes)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # never leave a truncated code file behind
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk says which file it stopped
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,8 +118,9 @@ def legacy_probs(counts: np.ndarray) -> torch.Tensor:
 def load_prob(path: str | Path) -> torch.Tensor:
     """A probability file as the original saved it: torch.save of a 1-D float32 tensor."""
     try:
-        prob = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, PermissionError):
+        with open_regular(path, kind="prob file") as f:
+            prob = torch.load(f, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, TokstoreError):
         raise
     except Exception as exc:
         raise LegacyFormatError(f"{path}: not a torch-saved probability tensor ({exc})") from None
@@ -102,21 +143,103 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
 # numpy's array rebuild functions (protocols 0-4, and 5), whatever module this numpy keeps them in
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
 _FROMBUFFER = np.empty(0).__reduce_ex__(5)[0]
+ARRAY_KINDS = "biuf"  # dtypes a legacy pickle's arrays may have: no objects, no records
+
+
+class _DTypeSpec:
+    """What a pickle says a dtype is, recorded instead of built: numpy's own dtype and array
+    __setstate__ trust their input (an object array with too short a list segfaults)."""
+
+    def __init__(self, spec, align=False, copy=True):
+        self.spec, self.byteorder = spec, "="
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in "<>|=":
+            raise UnsafePickleError("refusing a dtype with an unexpected state")
+        self.byteorder = state[1]
+
+    def dtype(self) -> np.dtype:
+        try:
+            dtype = np.dtype(self.spec)
+        except TypeError as exc:
+            raise UnsafePickleError(f"refusing dtype {self.spec!r} ({exc})") from None
+        if dtype.kind not in ARRAY_KINDS or dtype.fields or dtype.subdtype or dtype.itemsize > 8:
+            raise UnsafePickleError(f"refusing dtype {dtype}: a legacy pickle holds integer "
+                                    "and float arrays only")
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+
+
+def _as_dtype(value) -> np.dtype:
+    return value.dtype() if isinstance(value, _DTypeSpec) else _DTypeSpec(value).dtype()
+
+
+class _ArrayType:
+    """Stands in for numpy.ndarray, which a pickle may name only as _reconstruct's argument."""
+
+
+class _PendingArray:
+    """What _reconstruct returns: the array is made in __setstate__ from the pickle's own bytes,
+    so its size is bounded by the file, whatever shape the pickle declares."""
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], bytes)):
+            raise UnsafePickleError("refusing an array state that is not raw bytes")
+        _version, shape, dtype, fortran, raw = state
+        self.array = _array_from_bytes(raw, _as_dtype(dtype), shape, "F" if fortran else "C")
+
+
+def _array_from_bytes(raw: bytes, dtype: np.dtype, shape, order: str) -> np.ndarray:
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"refusing an array of shape {shape!r}")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize != len(raw):
+        raise LegacyFormatError(f"an array declares shape {shape} of {dtype} but holds "
+                                f"{len(raw)} bytes")
+    return np.frombuffer(raw, dtype).reshape(shape, order=order).copy(order="K")
+
+
+def _reconstruct(array_type, shape, _dtype):
+    if array_type is not _ArrayType or shape != (0,):
+        raise UnsafePickleError("refusing an array reconstruction numpy does not write")
+    return _PendingArray()
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    if not isinstance(buffer, (bytes, bytearray)):
+        raise UnsafePickleError("refusing an out-of-band array buffer")
+    return _array_from_bytes(bytes(buffer), _as_dtype(dtype), shape, order)
+
+
 _ALLOWED_GLOBALS = {
     ("_codecs", "encode"): _latin1_bytes,
-    **{(f"{package}.multiarray", "_reconstruct"): _RECONSTRUCT      # numpy 2 spells numpy._core,
+    **{(f"{package}.multiarray", "_reconstruct"): _reconstruct     # numpy 2 spells numpy._core,
        for package in ("numpy._core", "numpy.core")},              # numpy 1.x numpy.core
-    **{(f"{package}.numeric", "_frombuffer"): _FROMBUFFER
+    **{(f"{package}.numeric", "_frombuffer"): _frombuffer
        for package in ("numpy._core", "numpy.core")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): _ArrayType,
+    ("numpy", "dtype"): _DTypeSpec,
     **{("builtins", kind.__name__): kind for kind in (dict, list, tuple, set, frozenset, str)},
 }
 
 
+def _arrays_made(value):
+    """`value` with every _PendingArray replaced by its array (containers rebuilt)."""
+    if isinstance(value, _PendingArray):
+        if not hasattr(value, "array"):
+            raise LegacyFormatError("an array without its data")
+        return value.array
+    if isinstance(value, dict):
+        return {_arrays_made(k): _arrays_made(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(_arrays_made(v) for v in value)
+    if isinstance(value, (_DTypeSpec, _ArrayType)) or value is _ArrayType:
+        raise UnsafePickleError("refusing a bare numpy type outside an array")
+    return value
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Admits numpy arrays/dtypes and builtin containers; every other global is refused when the
-    pickle names it, before anything could call it."""
+    """Admits numpy arrays of numbers and builtin containers; every other global is refused when
+    the pickle names it, before anything could call it. Arrays are built from the pickle's own
+    bytes only (never from a declared shape), so memory stays bounded by the file's size."""
 
     def find_class(self, module, name):
         try:
@@ -129,10 +252,13 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise UnsafePickleError("refusing a persistent reference: not part of a legacy pickle")
 
+    def load(self):
+        return _arrays_made(super().load())
+
 
 def safe_load_pickle(path: str | Path):
     """Load an untrusted pickle through RestrictedUnpickler; any failure is a LegacyFormatError."""
-    with open(path, "rb") as f:
+    with open_regular(path, kind="pickle") as f:
         try:
             return RestrictedUnpickler(f).load()
         except UnsafePickleError as exc:
@@ -214,7 +340,7 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
             if path.parent not in folders:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 folders.add(path.parent)
-            in_flight.append(pool.submit(np.save, path, legacy_codes(sample.codes, dtype)))
+            in_flight.append(pool.submit(_save_npy, path, legacy_codes(sample.codes, dtype)))
             if len(in_flight) == SAVE_WINDOW:
                 in_flight.popleft().result()
                 bar.update()
@@ -226,7 +352,7 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
 
 def export_prob(store, out_file: str | Path) -> Path:
     """The probability file: torch.save of the float32 tensor the original computed."""
-    return _replace_atomically(out_file, lambda f: torch.save(legacy_probs(store.counts), f))
+    return replace_atomically(out_file, lambda f: torch.save(legacy_probs(store.counts), f))
 
 
 def all_data(store, names: list[str] | None = None, progress: bool = True) -> dict:
@@ -257,19 +383,33 @@ def export_pickle(store, out_file: str | Path, split: str | Path | None = None,
     """all_data.pkl for the whole store, or for a split file's names in its order."""
     names = read_split(split) if split is not None else None
     data = all_data(store, names, progress)
-    return _replace_atomically(out_file, lambda f: pickle.dump(data, f, protocol=PICKLE_PROTOCOL))
+    return replace_atomically(out_file, lambda f: pickle.dump(data, f, protocol=PICKLE_PROTOCOL))
 
 
 # ---------------------------------------------------------------------------------------------
 # importers
+
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load of an untrusted .npy: a regular file whose header asks for no more than it holds
+    (np.load would first allocate whatever the header declares)."""
+    with open_regular(path, kind="code file") as f:
+        shape, dtype, _fortran, offset = read_npy_header(f)
+        needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+        size = os.fstat(f.fileno()).st_size
+        if size < needed:
+            raise LegacyFormatError(f"{path}: truncated .npy ({size} bytes, its header needs "
+                                    f"{needed})")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
 
 def _legacy_samples_from_dirs(codes_dir: Path, texts_dir: Path, names: list[str]):
     """(name, 1-D codes, caption lines) per name, one code file and one text file at a time."""
     for name in names:
         code_path = legacy_file(codes_dir, name, ".npy")
         try:
-            codes = np.load(code_path, allow_pickle=False)
-        except (FileNotFoundError, PermissionError):
+            codes = _load_npy(code_path)
+        except (FileNotFoundError, PermissionError, TokstoreError):
             raise
         except Exception as exc:
             raise LegacyFormatError(f"{code_path}: not a readable .npy file ({exc})") from None

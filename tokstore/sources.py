@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from vqvae.normalize import normalize
 
 from .errors import PreflightError, SourceError
+from .lifetime import worker_init
 
 HUMANML_FEATURES = {"t2m": 263, "kit": 251}
 # provenance: motions are cropped to (T // unit) * unit frames from frame 0 (original: random start)
@@ -105,22 +107,111 @@ class SourceLayout:
 # split, captions, statistics
 
 
-def read_split(path) -> list[str]:
-    """Names in a split file, one a line (they may hold '/' and spaces); blank lines skipped."""
+# a name becomes <dir>/<name>.npy and .txt: each '/' part must fit NAME_MAX (255) with the suffix
+MAX_NAME_PART = 251
+MAX_NAME_BYTES = 4096 - 256  # PATH_MAX, less room for the dataset folder
+MAX_CAPTION_BYTES = 4 << 20  # a caption file is a few lines: anything bigger is not one
+MAX_SPLIT_BYTES = 4 << 30
+
+
+class NotARegularFile(SourceError):
+    """A FIFO, device, socket or directory where a data file should be (reading it would hang or
+    never end), or a file beyond its size bound. `reason` is the message without the path."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def open_regular(path, max_bytes: int | None = None, kind: str = "file"):
+    """`path` opened for binary reading if it is a regular file of at most `max_bytes`. Opened
+    non-blocking, so that a FIFO is refused instead of waiting for a writer (the flag does
+    nothing to a regular file, so it stays)."""
+    irregular = f"{kind} is not a regular file (a FIFO, device or directory)"
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+        f = open(path, "rb", opener=_open_nonblocking)
+    except IsADirectoryError:
+        raise NotARegularFile(path, irregular) from None
+    try:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(path, irregular)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise NotARegularFile(path, f"{kind} is larger than {max_bytes} bytes "
+                                        f"({info.st_size})")
+        return f
+    except BaseException:
+        f.close()
+        raise
+
+
+def _open_nonblocking(path, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a split or legacy name cannot be a relative path under its folder, or None. Names
+    may hold '/' (sub-folders) and spaces."""
+    if "\0" in name:
+        return "holds a NUL byte"
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    if name.startswith("/"):
+        return "is an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "has a '..' part (it would leave the folder)"
+    if "." in parts:
+        return "has a '.' part"
+    if "" in parts:
+        return "has an empty part ('//' or a trailing '/')"
+    if len(name.encode()) > MAX_NAME_BYTES or \
+            max(len(part.encode()) for part in parts) > MAX_NAME_PART:
+        return (f"is longer than a file name can be ({MAX_NAME_PART} bytes a part, "
+                f"{MAX_NAME_BYTES} in all)")
+    return None
+
+
+def read_split(path) -> list[str]:
+    """Names in a split file, one a line (they may hold '/' and spaces); blank lines skipped, a
+    UTF-8 byte order mark ignored. A name that is not a safe relative path is an error naming
+    its line: it would read (and later write) files outside the dataset."""
+    try:
+        with open_regular(path, MAX_SPLIT_BYTES, "split file") as f:
+            text = f.read().decode("utf-8-sig")
     except FileNotFoundError:
         raise SourceError(f"split file not found: {path}") from None
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path}: split file is not valid UTF-8 ({_reason(exc)})") from None
+    names = []
+    for number, line in enumerate(text.split("\n"), 1):
+        name = line.strip()
+        if name:
+            problem = name_problem(name)
+            if problem:
+                shown = name if len(name) <= 80 else name[:77] + "..."
+                raise SourceError(f"{path}:{number}: name {shown!r} {problem}")
+            names.append(name)
+    return names
 
 
 def read_captions(path) -> list[str]:
     """Caption lines exactly as the original's `open(path).readlines()` gives them for UTF-8 text:
-    '\\n' kept (universal newlines), blank lines kept."""
-    with open(path, encoding="utf-8") as f:
-        return f.readlines()
+    '\\n' kept (universal newlines), blank lines kept. Regular files of at most
+    MAX_CAPTION_BYTES only (NotARegularFile otherwise)."""
+    text = _caption_bytes(path).decode("utf-8")
+    if "\r" in text:  # universal newlines, as text mode reads them
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def _caption_bytes(path) -> bytes:
+    with open_regular(path, MAX_CAPTION_BYTES, "caption file") as f:
+        raw = f.read(MAX_CAPTION_BYTES + 1)
+    if len(raw) > MAX_CAPTION_BYTES:  # grew since it was opened
+        raise NotARegularFile(path, f"caption file is larger than {MAX_CAPTION_BYTES} bytes")
+    return raw
 
 
 def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +221,8 @@ def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndar
     stats = []
     for kind, path in (("mean", mean_file), ("std", std_file)):
         try:
-            arr = np.load(path, allow_pickle=False)
+            with open_regular(path, kind=f"{kind} file") as f:
+                arr = np.load(f, allow_pickle=False)
         except FileNotFoundError:
             raise SourceError(f"{kind} file not found: {path}") from None
         except (OSError, ValueError, EOFError) as exc:
@@ -258,11 +350,13 @@ def read_npy_header(f) -> tuple[tuple, np.dtype, bool, int]:
 def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, str | None]:
     """(frames, reason or None) for one motion file, from its header and size alone."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, kind="motion file") as f:
             shape, dtype, _fortran, offset = read_npy_header(f)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return 0, "missing motion file"
+    except NotARegularFile as exc:
+        return 0, exc.reason
     except (OSError, ValueError, SyntaxError) as exc:
         return 0, f"unreadable .npy ({_reason(exc)})"
     if dtype.kind != "f" or dtype.itemsize > 8:  # float128: the original's torch takes no wider
@@ -282,10 +376,11 @@ def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, s
 
 def _caption_problem(path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            f.read().decode("utf-8")
+        _caption_bytes(path).decode("utf-8")
     except FileNotFoundError:
         return "missing caption file"
+    except NotARegularFile as exc:
+        return exc.reason
     except OSError as exc:
         return f"unreadable caption file ({_reason(exc)})"
     except UnicodeDecodeError as exc:
@@ -449,7 +544,7 @@ def load_motion(path, unit_length: int, mean, std) -> np.ndarray:
 def _read_motion(path: str, shape: tuple, scratch: np.ndarray) -> np.ndarray:
     """The array in a .npy file, read into `scratch` when it is C-ordered float32 (np.load
     allocates fresh memory for every file, which made loading several times slower)."""
-    with open(path, "rb") as f:
+    with open_regular(path, kind="motion file") as f:
         file_shape, dtype, fortran, offset = read_npy_header(f)
         if file_shape != shape or dtype.kind != "f":
             raise ValueError(f"changed since preflight: now {dtype} {file_shape}")
@@ -470,6 +565,8 @@ def _load_one(path: str, frames: int, scratch: np.ndarray, mean, std,
         motion = _read_motion(path, (frames, out.shape[-1]), scratch)
     except FileNotFoundError:
         return "missing motion file"
+    except NotARegularFile as exc:
+        return exc.reason
     except (OSError, ValueError, SyntaxError) as exc:
         return f"unreadable .npy ({_reason(exc)})"
     length = len(out)
@@ -509,6 +606,8 @@ class _BatchLoader:
                 path = self.text_paths[entry_id]
                 try:
                     texts.append(read_captions(path))
+                except NotARegularFile as exc:
+                    reason = exc.reason
                 except (OSError, UnicodeDecodeError) as exc:
                     reason = f"unreadable caption file ({_reason(exc)})"
             if reason is None:
@@ -540,13 +639,25 @@ def iter_batches(entries: list[Entry], mean: np.ndarray, std: np.ndarray, unit_l
     last_batch_of_window = {b.window_id: i for i, b in enumerate(plan.batches)}
     # the statistics in their own dtypes: the original normalizes with numpy's promotion of them
     dataset = _BatchLoader(entries, plan, np.asarray(mean), np.asarray(std))
+    # workers end with this process and hold none of its locks (the store's): see lifetime.py
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=4 if workers else None)
-    for i, ok, texts, failures, motions in loader:
-        window_id = plan.batches[i].window_id
-        for entry_id, path, reason in failures:
-            yield LoadFailure(window_id, entry_id, entries[entry_id].name, path, reason)
-        if len(ok):
-            yield MotionBatch(window_id, ok, [entries[j].name for j in ok.tolist()], texts, motions)
-        if last_batch_of_window[window_id] == i:
-            yield WindowEnd(window_id, *plan.windows[window_id])
+                        collate_fn=_as_is, prefetch_factor=4 if workers else None,
+                        worker_init_fn=functools.partial(worker_init, os.getpid()) if workers
+                        else None)
+    batches = iter(loader)
+    try:
+        for i, ok, texts, failures, motions in batches:
+            window_id = plan.batches[i].window_id
+            for entry_id, path, reason in failures:
+                yield LoadFailure(window_id, entry_id, entries[entry_id].name, path, reason)
+            if len(ok):
+                yield MotionBatch(window_id, ok, [entries[j].name for j in ok.tolist()], texts,
+                                  motions)
+            if last_batch_of_window[window_id] == i:
+                yield WindowEnd(window_id, *plan.windows[window_id])
+    finally:
+        # the workers stop now, while the caller still handles signals, not whenever the last
+        # traceback that holds the iterator is dropped (torch has no public close)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

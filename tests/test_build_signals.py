@@ -1,0 +1,210 @@
+"""A build killed or stopped while its loader workers run: SIGKILL leaves no process behind and no
+lock held (the re-run resumes at once); SIGTERM and SIGINT commit the finished windows and say, in
+one line, what was kept and how to resume; the resumed store equals an uninterrupted build."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from build_helpers import (CLI, REPO, assert_same_store, build_args, contents, run_cli,
+                           subprocess_env, tiny_setup)
+
+from tokstore import TokenStore, build as build_module
+from tokstore.store import NotAStoreError
+
+N = 240  # 30 windows of 8: a signal after the first commit lands long before the end
+
+
+def committed(store) -> int:
+    try:
+        with TokenStore.open(store) as s:
+            return len(s)
+    except NotAStoreError:  # not created yet
+        return 0
+
+
+def _stat(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, state, start time) of a live process, None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[1]), fields[0], fields[19]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` now: {pid: start time}."""
+    stats = {int(p): _stat(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, s in stats.items() if s and s[0] in frontier and p not in found}
+        found.update({p: stats[p][2] for p in frontier})
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    """Those of `processes` still running (zombies are dead: their exit waits only for a reaper)."""
+    return [p for p, start in processes.items()
+            if (s := _stat(p)) is not None and s[2] == start and s[1] != "Z"]
+
+
+def start_build(args):
+    return subprocess.Popen(CLI + args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_workers(process, store, workers: int):
+    """Block until the build has committed once and its loader workers run: {pid: start}."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        children = descendants(process.pid)
+        if committed(store) > 0 and len(children) >= workers:
+            return children
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError(f"the build ended or stalled before it was mid-way: "
+                         f"{process.communicate()}")
+
+
+def assert_none_alive_soon(processes):
+    deadline = time.monotonic() + 2
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert alive(processes) == [], "build processes outlived the build by 2 s"
+
+
+def rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args):
+    result = subprocess.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr and f"{N} samples" in result.stdout
+    once = tmp_path / ("once" + store.suffix)
+    assert run_cli(*build_args(dataset, checkpoint, once)).exit_code == 0
+    assert_same_store(store, once)
+
+
+@pytest.mark.parametrize("name", ["s.zarr", "s.h5"])
+def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    store = tmp_path / name
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+                      "--workers", "2")
+    process = start_build(args)
+    try:
+        children = wait_for_workers(process, store, 2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert_none_alive_soon(children)
+    assert 0 < committed(store) < N
+    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
+
+
+@pytest.mark.parametrize("name, sig, ctrl_c_twice", [
+    ("s.zarr", signal.SIGTERM, False), ("s.h5", signal.SIGTERM, False),
+    ("s.zarr", signal.SIGINT, False), ("s.h5", signal.SIGINT, True)])
+def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig,
+                                                                           ctrl_c_twice):
+    """ctrl_c_twice: SIGINT to the whole process group (workers too), and again 50 ms later."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    store = tmp_path / name
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+                      "--workers", "2")
+    process = start_build(args)
+    try:
+        children = wait_for_workers(process, store, 2)
+        if ctrl_c_twice:
+            os.killpg(process.pid, sig)
+            time.sleep(0.05)
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + sig, stderr
+    assert_none_alive_soon(children)
+    kept = committed(store)
+    assert 0 < kept < N
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert lines == [f"interrupted by {signal.Signals(sig).name}: {kept} samples committed to "
+                     f"{store}; re-run the same command to resume"], stderr
+    assert "Traceback" not in stderr
+    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
+
+
+def _signal_after_windows(monkeypatch, windows: int, sig=signal.SIGTERM, during_commit=()):
+    """Send this process `sig` right after the `windows`-th append; `during_commit`: signals sent
+    in the middle of every later commit (the one the first signal triggers)."""
+    real_append, real_commit = build_module._append, TokenStore.commit
+    appended = []
+
+    def append(job, window):
+        real_append(job, window)
+        appended.append(len(window.names))
+        if len(appended) == windows:
+            os.kill(os.getpid(), sig)
+
+    def commit(self):
+        if len(appended) >= windows:
+            for extra in during_commit:
+                os.kill(os.getpid(), extra)
+        real_commit(self)
+
+    monkeypatch.setattr(build_module, "_append", append)
+    monkeypatch.setattr(TokenStore, "commit", commit)
+    return appended
+
+
+@pytest.mark.parametrize("during_commit", [(), (signal.SIGTERM, signal.SIGINT)])
+def test_sigterm_commits_every_finished_window_even_if_signalled_again(tmp_path, monkeypatch,
+                                                                        during_commit):
+    """--commit-every far beyond the split: only the signal's commit can keep the 3 windows."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=40)
+    store = tmp_path / "s.zarr"
+    appended = _signal_after_windows(monkeypatch, 3, during_commit=during_commit)
+    result = run_cli(*build_args(dataset, checkpoint, store, "--window", "8",
+                                 "--commit-every", "100000"))
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert len(appended) == 3
+    assert contents(store)["names"] == dataset.names[:24]
+    assert result.output.strip().splitlines()[-1] == (
+        f"interrupted by SIGTERM: 24 samples committed to {store}; re-run the same command to "
+        "resume")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
+    """torchrun passes SIGTERM to both ranks (and the whole group gets it): rank 0 commits and
+    speaks, rank 1 stays quiet, the loaders ignore it and die with their rank. torchrun's own
+    SignalException traceback is torchrun's."""
+    import sys
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    store = tmp_path / "s.zarr"
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+                      "--workers", "2")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "cli"]
+    process = subprocess.Popen(torchrun + args, cwd=REPO, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        children = wait_for_workers(process, store, 6)  # 2 ranks, 2 loaders each
+        os.killpg(process.pid, signal.SIGTERM)  # as a scheduler stops a job
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert_none_alive_soon(children)
+    kept = committed(store)
+    assert [line for line in stderr.splitlines() if "interrupted" in line] == [
+        f"interrupted by SIGTERM: {kept} samples committed to {store}; re-run the same command "
+        "to resume"], stderr
+    assert not [line for line in stderr.splitlines() if line.startswith("[rank")], stderr
+    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
