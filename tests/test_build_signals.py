@@ -17,6 +17,10 @@ from tokstore import TokenStore, build as build_module
 from tokstore.store import NotAStoreError
 
 N = 240  # 30 windows of 8: a signal after the first commit lands long before the end
+# one length (24 frames after cropping): every window is one batch of 8, so the exactness
+# calibration (its first ~2k frames of multi-row batches) ends after ~11 windows, long before the
+# loader's workers finish; with distinct lengths it reads the whole tiny set ahead first
+LENGTHS = (24, 26)
 
 
 def committed(store) -> int:
@@ -90,7 +94,7 @@ def rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args):
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])
 def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
-    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / name
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
                       "--workers", "2")
@@ -112,7 +116,7 @@ def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
 def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig,
                                                                            ctrl_c_twice):
     """ctrl_c_twice: SIGINT to the whole process group (workers too), and again 50 ms later."""
-    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / name
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
                       "--workers", "2")
@@ -186,7 +190,7 @@ def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
     SignalException traceback is torchrun's."""
     import sys
 
-    dataset, checkpoint = tiny_setup(tmp_path, n=N)
+    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / "s.zarr"
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
                       "--workers", "2")
