@@ -38,7 +38,8 @@ def user_errors():
 
 
 # library advice that names an API argument, as the command line spells it
-API_TO_FLAGS = {"(pass overwrite=True to replace it)": "(remove it, or give another --store)"}
+API_TO_FLAGS = {"(not replacing it: TokenStore.create(..., overwrite=True) does)":
+                "(not replacing it: remove it, or give another --store)"}
 
 
 def _ignore_stop_signals() -> None:

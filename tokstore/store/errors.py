@@ -1,6 +1,8 @@
 """Errors of the token store. All are TokstoreError, so cli.py prints them as one line."""
 from __future__ import annotations
 
+import errno
+
 from ..errors import TokstoreError
 
 
@@ -58,4 +60,5 @@ class StoreWriteError(StoreError, OSError):
     @classmethod
     def from_os_error(cls, path: str, action: str, exc: OSError) -> "StoreWriteError":
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != path else ""
-        return cls(path, action, exc.errno, f"{exc.strerror or exc}{where}")
+        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+        return cls(path, action, exc.errno, f"{exc.strerror or exc}{code}{where}")
