@@ -3,10 +3,12 @@ libc mmap, pread/pwrite and /proc, as on Windows (no fcntl) or macOS (no MAP_FIX
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +30,7 @@ def portable_env(tmp_path, block=("fcntl",)) -> dict:
     (site / "sitecustomize.py").write_text(
         "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in block))
     env = subprocess_env()
-    env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
     env["TOKSTORE_PORTABLE"] = "1"
     return env
 
@@ -87,7 +89,6 @@ def test_lock_without_flock_stops_a_writer_whose_lock_file_was_deleted(tmp_path,
 def test_positioned_io_emulation_matches_pread(tmp_path, monkeypatch):
     file = tmp_path / "f"
     file.write_bytes(bytes(range(256)) * 4)
-    import os
     fd = os.open(file, os.O_RDWR)
     try:
         native = [oscalls.pread(fd, n, at) for n, at in [(10, 0), (100, 1000), (5, 1024)]]
@@ -168,7 +169,7 @@ def test_store_and_spawned_loader_without_fcntl_or_native_calls(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = portable_env(tmp_path)
-    env["PYTHONPATH"] += f":{oscalls.__file__.rsplit('/tokstore/', 1)[0]}/tests"
+    env["PYTHONPATH"] += f"{os.pathsep}{Path(__file__).parent}"  # store_samples
     out = run([sys.executable, str(script), str(tmp_path), "loader"], env).stdout
     assert "loader ok" in out
 
@@ -202,3 +203,25 @@ def test_read_commands_without_fcntl(tmp_path, backend):
     with open(out, "rb") as f:
         exported = pickle.load(f)
     assert [list(exported["code_data"][n].ravel()) for n in names] == [list(c) for c in codes]
+
+
+@pytest.mark.skipif(not oscalls.HAVE_LIBC_MMAP, reason="the native maps are Linux's")
+def test_native_maps_warn_only_for_chunks_off_the_page_size(tmp_path, monkeypatch):
+    """On Linux with page-sized chunks nothing falls back; chunks off the page size make the
+    offset arrays private copies, which is said once."""
+    import warnings
+    monkeypatch.setattr(oscalls, "_WARNED", set())
+    for chunk_bytes, name in [(1 << 19, "big.zarr"), (64, "small.zarr"), (64, "again.zarr")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with TokenStore.create(tmp_path / name, CODEBOOK, chunk_bytes=chunk_bytes) as store:
+                store.append(*batch(0, 40))
+            with TokenStore.open(tmp_path / name) as store:
+                assert store.codes(39).tolist() == list(batch(39, 40)[1][0])
+                assert len(store.lengths) == 40  # the whole offset array
+        fallbacks = [str(w.message) for w in caught
+                     if issubclass(w.category, oscalls.PlatformFallbackWarning)]
+        if name == "small.zarr":
+            assert len(fallbacks) == 1 and "not a multiple of the page size" in fallbacks[0]
+        else:
+            assert fallbacks == [], fallbacks
