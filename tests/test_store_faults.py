@@ -325,18 +325,6 @@ def test_forked_children_do_not_keep_the_store_locked(tmp_path, backend):
                 pass
 
 
-def test_lock_without_fcntl_still_writes(tmp_path, backend, monkeypatch):
-    """The fallback where flock does not exist (no fcntl module): no lock, the store works."""
-    monkeypatch.setattr(oscalls, "fcntl", None)
-    path = store_path(tmp_path, backend)
-    with TokenStore.create(path, CODEBOOK, backend=backend) as store:
-        store.append(*batch(0, 8))
-    with TokenStore.open(path, mode="a") as store:
-        store.append(*batch(8, 16))
-    with TokenStore.open(path) as store:
-        assert_prefix(store, 16)
-
-
 def test_lock_file_fallback_stops_a_writer_whose_lock_was_deleted(tmp_path, monkeypatch):
     """Where flock on a directory is refused (some network file systems), tokstore.lock is
     locked instead; deleting it stops the writer at its next commit, before anything is lost."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from tokstore import TokenStore
 from tokstore.torch import (DROP_FIRST, DROP_LAST, KEEP, CodeBatch, CodeCollator, CodeDataset,
                             CodeItem, LengthBucketSampler, LoaderError, collate_codes,
                             drop_choices, parse_humanml3d_line, plain_captions, subclip_bounds)
+
+# fork where it is the safe default (Linux); macOS and Windows start workers with spawn
+FORK = "fork" if sys.platform == "linux" else "spawn"
 
 END, PAD = 64000, 64001
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -222,7 +226,7 @@ def test_items_are_the_store_codes_with_forked_workers(tmp_path, backend, worker
     names, codes = build_store(path, backend=backend)
     dataset = CodeDataset(path)
     assert len(dataset) == len(names)
-    context = "fork" if workers else None
+    context = FORK if workers else None
     assert_items_are_the_store(items_of(dataset, num_workers=workers,
                                         multiprocessing_context=context), names, codes)
 
@@ -231,7 +235,7 @@ def test_items_with_four_forked_workers_and_an_open_store_in_the_parent(zarr_sto
     path, names, codes = zarr_store
     dataset = CodeDataset(path)
     assert dataset[0].name == names[0]     # the parent has the store open when it forks
-    assert_items_are_the_store(items_of(dataset, num_workers=4, multiprocessing_context="fork"),
+    assert_items_are_the_store(items_of(dataset, num_workers=4, multiprocessing_context=FORK),
                                names, codes)
 
 
@@ -266,7 +270,7 @@ def test_batches_cross_as_collated_tensors_from_workers(zarr_store):
 
     def run():
         loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2,
-                            multiprocessing_context="fork", collate_fn=collate,
+                            multiprocessing_context=FORK, collate_fn=collate,
                             generator=torch.Generator().manual_seed(5))
         return list(loader)
 
@@ -295,7 +299,7 @@ def test_distributed_sampler_ranks_split_the_dataset(zarr_store):
         sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
         sampler.set_epoch(1)
         loader = DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=list,
-                            num_workers=2, multiprocessing_context="fork")
+                            num_workers=2, multiprocessing_context=FORK)
         shares.append([it.name for batch in loader for it in batch])
     assert len(shares[0]) == len(shares[1]) == 12
     assert not set(shares[0]) & set(shares[1])
@@ -310,7 +314,7 @@ def test_bucket_sampler_feeds_a_dataloader_per_rank(zarr_store):
     for rank in range(2):
         sampler = LengthBucketSampler(dataset.lengths, batch_size=4, num_replicas=2, rank=rank)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2,
-                            multiprocessing_context="fork",
+                            multiprocessing_context=FORK,
                             collate_fn=dataset.collator(layout="t2m-gpt"))
         batches = list(loader)
         assert len(batches) == len(sampler) == 3

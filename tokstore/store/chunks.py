@@ -12,17 +12,13 @@ workers, DDP ranks), rather than a private concatenated copy in each.
 """
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import sys
-import weakref
 from collections import deque
 from typing import Callable
 
 import numpy as np
 
 from .errors import StoreCorruptError
+from .oscalls import map_file, map_side_by_side  # noqa: F401 (the containers' maps, made there)
 
 
 class ChunkedArray:
@@ -89,75 +85,6 @@ class ChunkedArray:
             values = np.concatenate([values for _, values in self.blocks()])
         values.flags.writeable = False
         return values
-
-
-def map_file(path: str) -> np.ndarray | None:
-    """A whole file memory-mapped as uint8 (None when empty).
-
-    Python's mmap keeps a duplicate file descriptor per map (until 3.13), and a store has a
-    chunk file per 512 KiB: a reader touching them all would exceed the usual 1024-descriptor
-    limit. So the map is made through libc and the descriptor closed at once. The map is
-    private copy-on-write: pages come from the page cache, and a stray write cannot reach the file.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return None
-        address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
-    finally:
-        os.close(fd)
-    if address in (None, _MAP_FAILED):
-        error = ctypes.get_errno()
-        raise OSError(error, f"cannot map {path}: {os.strerror(error)}")
-    buffer = (ctypes.c_ubyte * size).from_address(address)
-    weakref.finalize(buffer, _libc.munmap, address, size)  # unmapped with its last view
-    return np.frombuffer(buffer, dtype=np.uint8)
-
-
-def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
-    """Files of `size` bytes each mapped end to end in one address range, as uint8.
-
-    Returns None (the caller copies instead) off Linux, when `size` is not a multiple of the page
-    size, or when any file cannot be mapped or is not `size` bytes (the copy path names the
-    damage). The range is reserved inaccessible first, then each file is mapped over its slot;
-    like `map_file`, each map is private copy-on-write, and no descriptor stays open.
-    """
-    span = len(paths) * size
-    if sys.platform != "linux" or span == 0 or size % mmap.PAGESIZE:
-        return None
-    address = _libc.mmap(None, span, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                         | _MAP_NORESERVE, -1, 0)
-    if address in (None, _MAP_FAILED):
-        return None
-    try:
-        for k, path in enumerate(paths):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if os.fstat(fd).st_size != size:
-                    raise OSError(f"{path} is not {size} bytes")
-                slot = address + k * size
-                mapped = _libc.mmap(slot, size, mmap.PROT_READ | mmap.PROT_WRITE,
-                                    mmap.MAP_PRIVATE | _MAP_FIXED, fd, 0)
-            finally:
-                os.close(fd)
-            if mapped != slot:
-                raise OSError(f"cannot map {path}")
-    except OSError:
-        _libc.munmap(address, span)
-        return None
-    buffer = (ctypes.c_ubyte * span).from_address(address)
-    weakref.finalize(buffer, _libc.munmap, address, span)  # unmapped with its last view
-    return np.frombuffer(buffer, dtype=np.uint8)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int64)
-_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_PROT_NONE, _MAP_FIXED, _MAP_NORESERVE = 0, 0x10, 0x4000  # Linux values, not in Python's mmap
 
 
 # ---- writing: zarr arrays and h5py datasets share the calls used here (shape, chunks, resize,

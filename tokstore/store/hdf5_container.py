@@ -33,7 +33,6 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -62,7 +61,7 @@ def superblock_position(fd: int) -> int | None:
     size = os.fstat(fd).st_size
     position = 0
     while position + 8 <= size:
-        if os.pread(fd, 8, position) == HDF5_SIGNATURE:
+        if oscalls.pread(fd, 8, position) == HDF5_SIGNATURE:
             return position
         position = 512 if position == 0 else position * 2
     return None
@@ -102,7 +101,8 @@ class HDF5Container:
             target.parent.mkdir(parents=True, exist_ok=True)
             oscalls.remove_abandoned(target)
             temporary = oscalls.creation_path(target)
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | oscalls.O_BINARY,
+                         0o644)
         except OSError as exc:
             raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
         self = cls(path, None, fd, writable=True, sequence=0, creating=temporary)
@@ -120,7 +120,7 @@ class HDF5Container:
     @classmethod
     def open(cls, path: str, writable: bool, rollback: bool = False
              ) -> tuple["HDF5Container", Record]:
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | oscalls.O_BINARY)
         lock = None
         try:
             position = superblock_position(fd)
@@ -247,9 +247,9 @@ class HDF5Container:
         except (OSError, RuntimeError) as exc:
             raise self._failure("writing data before the commit", exc) from None
         try:
-            _pwrite_all(self._fd, payload, slot + SLOT_HEADER.size)
+            oscalls.pwrite_all(self._fd, payload, slot + SLOT_HEADER.size)
             os.fsync(self._fd)
-            _pwrite_all(self._fd, header, slot)
+            oscalls.pwrite_all(self._fd, header, slot)
             os.fsync(self._fd)
         except OSError as exc:
             raise self._failure("writing the commit record", exc) from None
@@ -361,7 +361,7 @@ def _open_file(path: str, writable: bool):
 
 def _limit_read_attempts(fapl) -> None:
     """H5Pset_metadata_read_attempts, which h5py does not wrap: called in the libhdf5 h5py
-    loaded. Where that library cannot be found, HDF5's default applies."""
+    loaded. Where that library cannot be found, HDF5's default applies (a warning)."""
     function = _read_attempts_setter()
     if function is not None:
         function(fapl.id, READ_ATTEMPTS)
@@ -369,23 +369,16 @@ def _limit_read_attempts(fapl) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _read_attempts_setter():
-    library = (oscalls.loaded_library("libhdf5-") or oscalls.loaded_library("libhdf5.")
-               or oscalls.loaded_library("libhdf5_serial."))
-    if library is None:
-        return None
-    try:
-        function = ctypes.CDLL(library).H5Pset_metadata_read_attempts
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = (ctypes.c_int64, ctypes.c_uint), ctypes.c_int
+    function = oscalls.loaded_function(("libhdf5-", "libhdf5.", "libhdf5_serial."),
+                                       "H5Pset_metadata_read_attempts",
+                                       ("c_int64", "c_uint"), "c_int")
+    if function is None:
+        oscalls.warn_fallback("hdf5_read_attempts",
+                              "tokstore: cannot reach libhdf5's H5Pset_metadata_read_attempts "
+                              "here: a damaged or truncated HDF5 store is reported only after "
+                              "HDF5's default of 100 retries with back-off (which can take "
+                              "very long)")
     return function
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _is_store_file(path: Path) -> bool:
@@ -400,7 +393,7 @@ def _read_record(fd: int, path: str, rollback: bool = False) -> tuple[Record, in
     left for the next commit to overwrite."""
     valid, damaged = [], []  # (sequence, payload); damaged: sequence or None when unreadable
     for slot in range(2):
-        header = os.pread(fd, SLOT_HEADER.size, slot * SLOT_SIZE)
+        header = oscalls.pread(fd, SLOT_HEADER.size, slot * SLOT_SIZE)
         if len(header) < SLOT_HEADER.size:
             raise StoreCorruptError(f"{path}: damaged file: it ends inside the userblock")
         magic, sequence, length, crc = SLOT_HEADER.unpack(header)
@@ -408,7 +401,7 @@ def _read_record(fd: int, path: str, rollback: bool = False) -> tuple[Record, in
             if header != bytes(SLOT_HEADER.size):
                 damaged.append(None)
             continue
-        payload = os.pread(fd, min(length, SLOT_SIZE), slot * SLOT_SIZE + SLOT_HEADER.size)
+        payload = oscalls.pread(fd, min(length, SLOT_SIZE), slot * SLOT_SIZE + SLOT_HEADER.size)
         if len(payload) != length or zlib.crc32(payload) != crc:
             damaged.append(sequence)
             continue
@@ -440,7 +433,7 @@ def _clear_stale_write_flags(fd: int, position: int, path: str):
     an end-of-file address past the file's end is space HDF5 allocated but could not write (a
     full disk): the file is extended with zeros to it, as HDF5 requires of a file it writes.
     Committed data never lies there: a commit flushes and fsyncs before its record."""
-    raw = os.pread(fd, SUPERBLOCK.size, position)
+    raw = oscalls.pread(fd, SUPERBLOCK.size, position)
     if len(raw) < SUPERBLOCK.size:
         raise StoreCorruptError(f"{path}: damaged HDF5 file: it ends inside the superblock")
     sig, version, offsets, lengths, flags, base, extension, eof, root, crc = SUPERBLOCK.unpack(raw)
@@ -455,7 +448,7 @@ def _clear_stale_write_flags(fd: int, position: int, path: str):
             return
         eof = max(eof, os.fstat(fd).st_size)
         body = SUPERBLOCK.pack(sig, version, offsets, lengths, 0, base, extension, eof, root, 0)
-        _pwrite_all(fd, body[:-4] + struct.pack("<I", lookup3(body[:-4])), position)
+        oscalls.pwrite_all(fd, body[:-4] + struct.pack("<I", lookup3(body[:-4])), position)
     except OSError as exc:
         raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
 
