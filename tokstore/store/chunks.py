@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import stat
 import sys
 import weakref
 from collections import deque
@@ -99,9 +100,12 @@ def map_file(path: str) -> np.ndarray | None:
     limit. So the map is made through libc and the descriptor closed at once. The map is
     private copy-on-write: pages come from the page cache, and a stray write cannot reach the file.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
     try:
-        size = os.fstat(fd).st_size
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise StoreCorruptError(f"{path} is not a regular file")
+        size = status.st_size
         if size == 0:
             return None
         address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
@@ -132,9 +136,10 @@ def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
         return None
     try:
         for k, path in enumerate(paths):
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
-                if os.fstat(fd).st_size != size:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or status.st_size != size:
                     raise OSError(f"{path} is not {size} bytes")
                 slot = address + k * size
                 mapped = _libc.mmap(slot, size, mmap.PROT_READ | mmap.PROT_WRITE,
