@@ -3,17 +3,20 @@ metadata, a damaged HDF5 chunk index. Each must end in one line naming the store
 seconds (a FIFO that would block is caught by the subprocess timeout), never a traceback."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
+from build_helpers import CLI, REPO, build_args, subprocess_env, tiny_setup
 from store_samples import batch
 from test_store_damage import assert_one_line_error, build, cli, finish, start_cli
 
 from tokstore import TokenStore
-from tokstore.store import StoreCorruptError, StoreError
+from tokstore.store import StoreCorruptError, StoreError, StoreWriteError
 
 NAME = batch(3, 4)[0][0]
 
@@ -58,3 +61,48 @@ def test_damaged_hdf5_chunk_index_is_a_store_error(tmp_path):
         with TokenStore.open(path) as store:
             store.codes(3), store.names, store.texts(3)
 
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only); the test is skipped where mounting is not permitted."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_hdf5_build_into_a_full_disk_fails_in_one_line(tmp_path, tiny_tmpfs):
+    """ENOSPC at the very first commit of a new HDF5 store: HDF5 crashed (SIGSEGV) closing a
+    dataset whose flush had failed. Now: one line, exit 1, no half-made file left."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=4)
+    store = tiny_tmpfs / "store.h5"
+    result = subprocess.run(CLI + build_args(dataset, checkpoint, store), cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and str(store) in lines[0] and "No space left" in lines[0], \
+        result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tiny_tmpfs) == []
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_store_on_a_read_only_mount(tiny_tmpfs, backend):
+    """Reads work on a read-only file system; appending is a StoreWriteError (EROFS) naming the
+    store, not a bare OSError (the HDF5 writer's open raised one, a traceback in the CLI)."""
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_tmpfs)], check=True)
+    path = build(tiny_tmpfs / ("store.zarr" if backend == "zarr" else "store.h5"), backend, n=40)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    shown = cli("show", path, NAME)
+    assert shown.returncode == 0 and NAME in shown.stdout, shown.stderr
+    assert cli("verify", path).returncode == 0
+    with pytest.raises(StoreWriteError, match=str(path)) as raised:
+        with TokenStore.open(path, "a") as store:
+            store.append(*batch(40, 41))
+            store.commit()
+    assert raised.value.errno == errno.EROFS

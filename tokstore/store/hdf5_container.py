@@ -120,7 +120,12 @@ class HDF5Container:
     @classmethod
     def open(cls, path: str, writable: bool, rollback: bool = False
              ) -> tuple["HDF5Container", Record]:
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as exc:  # a read-only mount, a read-only file
+            if not writable or isinstance(exc, FileNotFoundError):
+                raise
+            raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
         lock = None
         try:
             position = superblock_position(fd)
@@ -282,8 +287,26 @@ class HDF5Container:
                                                  and exc.strerror else text.splitlines()[0])
         error = StoreWriteError(self.path, action, number, reason)
         self._failed = str(error)
+        self._discard_writes()
         self._close_file()  # now, so that no h5py object retries the write when collected
         return error
+
+    def _discard_writes(self):
+        """Point HDF5's own descriptor at /dev/null. Closing objects whose writes failed makes
+        HDF5 retry them, and a second failure while a dataset closes leaves it half destroyed:
+        the file's close then crashes (SIGSEGV in H5D__flush_all_cb). Nothing after a failure
+        counts anyway: the last commit is what the store holds."""
+        try:
+            handle = self._file.id.get_vfd_handle() if self._file is not None else None
+        except (OSError, RuntimeError, ValueError):
+            return
+        if not isinstance(handle, int) or handle < 0:
+            return
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.dup2(null, handle, inheritable=False)
+        finally:
+            os.close(null)
 
     def _close_file(self):
         file, datasets, self._file, self._datasets = self._file, self._datasets, None, {}
