@@ -16,7 +16,7 @@ from store_samples import batch
 from test_store_damage import assert_one_line_error, build, cli, finish, start_cli
 
 from tokstore import TokenStore
-from tokstore.store import StoreCorruptError, StoreError, StoreWriteError
+from tokstore.store import StoreCorruptError, StoreError, StoreLockedError, StoreWriteError
 
 NAME = batch(3, 4)[0][0]
 
@@ -106,3 +106,15 @@ def test_store_on_a_read_only_mount(tiny_tmpfs, backend):
             store.append(*batch(40, 41))
             store.commit()
     assert raised.value.errno == errno.EROFS
+
+
+def test_hdf5_reader_elsewhere_is_not_called_a_writer(tmp_path):
+    """An h5py reader with HDF5's file locking holds a shared lock on the file: a writer cannot
+    start, and must say a reader holds it (and how to avoid that), not 'open for writing'."""
+    h5py = pytest.importorskip("h5py")
+    path = build(tmp_path / "store.h5", "hdf5", n=10)
+    with h5py.File(path, "r", locking=True):
+        with pytest.raises(StoreLockedError, match="HDF5_USE_FILE_LOCKING") as raised:
+            TokenStore.open(path, "a")
+    assert "open for writing" not in str(raised.value) and str(path) in str(raised.value)
+    TokenStore.open(path, "a").close()  # free again once the reader is gone

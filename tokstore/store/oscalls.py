@@ -211,7 +211,17 @@ def _flock(fd: int, store: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        pass
+    else:
+        return
+    try:  # a writer holds the lock exclusively; a shared holder is a reader (HDF5's own locking)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         raise StoreLockedError(f"{store} is open for writing by another process") from None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    raise StoreLockedError(f"{store} is open in another program that holds a read lock on it "
+                           f"(HDF5 locks the files it opens): close it there, or open it there "
+                           f"with locking=False or HDF5_USE_FILE_LOCKING=FALSE")
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
