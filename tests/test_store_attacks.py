@@ -118,3 +118,14 @@ def test_hdf5_reader_elsewhere_is_not_called_a_writer(tmp_path):
             TokenStore.open(path, "a")
     assert "open for writing" not in str(raised.value) and str(path) in str(raised.value)
     TokenStore.open(path, "a").close()  # free again once the reader is gone
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_store_path_that_is_a_dangling_symlink(tmp_path, suffix):
+    """Creating through a symlink to nothing was 'another process created it meanwhile' (HDF5)
+    or 'Not a directory' (zarr); now it says what is there, and leaves nothing behind."""
+    path = tmp_path / f"store{suffix}"
+    path.symlink_to(tmp_path / "elsewhere" / f"gone{suffix}")
+    with pytest.raises(StoreError, match=f"{path} is a symbolic link to a missing"):
+        build(path, "zarr" if suffix == ".zarr" else "hdf5", n=3)
+    assert sorted(os.listdir(tmp_path)) == [path.name]
