@@ -120,7 +120,12 @@ class HDF5Container:
     @classmethod
     def open(cls, path: str, writable: bool, rollback: bool = False
              ) -> tuple["HDF5Container", Record]:
-        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | oscalls.O_BINARY)
+        try:
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | oscalls.O_BINARY)
+        except OSError as exc:  # a read-only mount, a read-only file
+            if not writable or isinstance(exc, FileNotFoundError):
+                raise
+            raise StoreWriteError.from_os_error(path, "opening for writing", exc) from None
         lock = None
         try:
             position = superblock_position(fd)
@@ -185,7 +190,8 @@ class HDF5Container:
     def array(self, name: str, dtype: np.dtype, length: int) -> ChunkedArray:
         dataset = self._dataset(name)
         if dataset.dtype != dtype or dataset.ndim != 1 or dataset.shape[0] < length:
-            raise StoreCorruptError(f"{name}: HDF5 dataset is {dataset.dtype}{list(dataset.shape)}, "
+            raise StoreCorruptError(f"{self.path}: {name}: HDF5 dataset is {dataset.dtype}"
+                                    f"{list(dataset.shape)}, "
                                     f"the commit needs {dtype.name}[{length}]")
         if dataset.chunks is None:  # contiguous (a repacked copy): one read through h5py
             return ChunkedArray(name, dtype, length, max(length, 1),
@@ -196,15 +202,24 @@ class HDF5Container:
                                 lambda k: dataset[k * chunk_len:(k + 1) * chunk_len], mapped=False)
         nbytes = chunk_len * dtype.itemsize
         where: dict[int, int] = {}  # chunk -> byte offset, all found now: no HDF5 call per read
-        dataset.id.chunk_iter(lambda info: where.__setitem__(info.chunk_offset[0] // chunk_len,
-                                                             info.byte_offset))
+        try:
+            dataset.id.chunk_iter(lambda info: where.__setitem__(info.chunk_offset[0] // chunk_len,
+                                                                 info.byte_offset))
+        except (OSError, RuntimeError) as exc:  # a damaged chunk index (checksum, truncation)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreCorruptError(f"{self.path}: damaged HDF5 file: cannot index the chunks "
+                                    f"of {name}: {reason}") from None
 
         def load(k: int) -> np.ndarray:
             offset = where.get(k)
             if offset is None:
-                raise StoreCorruptError(f"{name}: chunk {k} is missing from the HDF5 file")
+                raise StoreCorruptError(f"{self.path}: {name}: chunk {k} is missing from the "
+                                        f"HDF5 file")
             if self._map is None or offset + nbytes > len(self._map):
                 self._map = map_file(self.path)  # the file grew since the last map
+            if self._map is None or offset + nbytes > len(self._map):
+                raise StoreCorruptError(f"{self.path}: damaged HDF5 file: chunk {k} of {name} "
+                                        f"lies past the end of the file")
             return self._map[offset:offset + nbytes].view(dtype)
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
@@ -272,8 +287,26 @@ class HDF5Container:
                                                  and exc.strerror else text.splitlines()[0])
         error = StoreWriteError(self.path, action, number, reason)
         self._failed = str(error)
+        self._discard_writes()
         self._close_file()  # now, so that no h5py object retries the write when collected
         return error
+
+    def _discard_writes(self):
+        """Point HDF5's own descriptor at /dev/null. Closing objects whose writes failed makes
+        HDF5 retry them, and a second failure while a dataset closes leaves it half destroyed:
+        the file's close then crashes (SIGSEGV in H5D__flush_all_cb). Nothing after a failure
+        counts anyway: the last commit is what the store holds."""
+        try:
+            handle = self._file.id.get_vfd_handle() if self._file is not None else None
+        except (OSError, RuntimeError, ValueError):
+            return
+        if not isinstance(handle, int) or handle < 0:
+            return
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.dup2(null, handle, inheritable=False)
+        finally:
+            os.close(null)
 
     def _close_file(self):
         file, datasets, self._file, self._datasets = self._file, self._datasets, None, {}

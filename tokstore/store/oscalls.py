@@ -42,13 +42,14 @@ import os
 import sys
 import uuid
 import shutil
+import stat
 import warnings
 import weakref
 from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError, StoreLockedError
+from .errors import StoreCorruptError, StoreError, StoreLockedError
 
 
 class PlatformFallbackWarning(RuntimeWarning):
@@ -315,7 +316,17 @@ def _flock(fd: int, store: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        pass
+    else:
+        return
+    try:  # a writer holds the lock exclusively; a shared holder is a reader (HDF5's own locking)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         raise StoreLockedError(f"{store} is open for writing by another process") from None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    raise StoreLockedError(f"{store} is open in another program that holds a read lock on it "
+                           f"(HDF5 locks the files it opens): close it there, or open it there "
+                           f"with locking=False or HDF5_USE_FILE_LOCKING=FALSE")
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
@@ -365,6 +376,17 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 # ---- memory maps ---------------------------------------------------------------------------
 
+def open_chunk(path: str) -> int:
+    """A read-only descriptor of a regular file: a FIFO put in a chunk's place must not block the
+    reader, and a directory or device is damage (StoreCorruptError naming it)."""
+    fd = os.open(path, os.O_RDONLY | O_BINARY | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreCorruptError(f"{path} is not a regular file")
+    return fd
+
+
 def map_file(path: str) -> np.ndarray | None:
     """A whole file memory-mapped as uint8 (None when empty).
 
@@ -374,7 +396,7 @@ def map_file(path: str) -> np.ndarray | None:
     is private copy-on-write: pages come from the page cache, and a stray write cannot reach the
     file.
     """
-    fd = os.open(path, os.O_RDONLY | O_BINARY)
+    fd = open_chunk(path)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
@@ -432,7 +454,7 @@ def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
         return None
     try:
         for k, path in enumerate(paths):
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_chunk(path)
             try:
                 if os.fstat(fd).st_size != size:
                     raise _WrongSize(f"{path} is not {size} bytes")
@@ -443,9 +465,9 @@ def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
                 os.close(fd)
             if mapped != slot:
                 raise OSError(ctypes.get_errno(), f"cannot map {path}")
-    except OSError as exc:
+    except (OSError, StoreCorruptError) as exc:  # the copy path then names the damage
         _libc.munmap(address, span)
-        if not isinstance(exc, (_WrongSize, FileNotFoundError)):  # damage, not the platform
+        if not isinstance(exc, (_WrongSize, FileNotFoundError, StoreCorruptError)):  # the platform
             warn_fallback("side_by_side_map", copied + str(exc))
         return None
     buffer = (ctypes.c_ubyte * span).from_address(address)

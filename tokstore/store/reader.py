@@ -68,7 +68,8 @@ class StoreReader:
         try:
             return raw.tobytes().decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise StoreCorruptError(f"names: sample {i} is not valid UTF-8: {exc}") from None
+            raise StoreCorruptError(f"{self._container.path}: names: sample {i} is not valid "
+                                    f"UTF-8: {exc}") from None
 
     def texts(self, i: int) -> list[str]:
         first, last = self.loaded("sample_lines")[i:i + 2].tolist()
@@ -84,7 +85,8 @@ class StoreReader:
         try:
             return [raw[a - base:b - base].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
         except UnicodeDecodeError as exc:
-            raise StoreCorruptError(f"text: captions of sample {i} are not valid UTF-8: "
+            raise StoreCorruptError(f"{self._container.path}: text: captions of sample {i} are "
+                                    f"not valid UTF-8: "
                                     f"{exc}") from None
 
     # ---- whole-store views ---------------------------------------------------------------
@@ -112,7 +114,8 @@ class StoreReader:
                 else:
                     names = [raw[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
             except UnicodeDecodeError as exc:
-                raise StoreCorruptError(f"names: not valid UTF-8: {exc}") from None
+                raise StoreCorruptError(f"{self._container.path}: names: not valid UTF-8: "
+                                        f"{exc}") from None
             self._loaded["name_list"] = names
         return self._loaded["name_list"]
 
@@ -183,7 +186,8 @@ class StoreReader:
         counts = np.zeros(size + 2, np.int64)
         for _, block in self._codes.blocks():
             if block.size and (block.min() < 0 or block.max() >= size):
-                raise StoreCorruptError(f"codes: values outside the codebook [0, {size})")
+                raise StoreCorruptError(f"{self._container.path}: codes: values outside the "
+                                        f"codebook [0, {size})")
             counts[:size] += np.bincount(block, minlength=size)
         counts[size] = self.n
         return counts

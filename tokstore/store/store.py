@@ -81,6 +81,10 @@ class TokenStore:
         code_dtype = check_code_dtype(code_dtype or default_code_dtype(codebook_size), codebook_size)
         record = Record.empty(codebook_size, code_dtype, json_safe(meta or {}), __version__)
         dtypes = array_dtypes(code_dtype)
+        local = local_dir(path)
+        if local is not None and local.is_symlink() and not local.exists():  # not made through it
+            raise StoreError(f"{path} is a symbolic link to a missing {os.readlink(local)}: "
+                             f"give the real path, or remove the link")
         container = BACKENDS[backend].create(path, record, dtypes, chunk_bytes, overwrite)
         try:
             for name in OFFSET_ARRAYS:

@@ -187,6 +187,9 @@ class ZarrContainer:
                 except FileNotFoundError:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} is missing"
                                             ) from None
+                except OSError as exc:  # a directory, EIO, ...
+                    raise StoreCorruptError(f"{name}: cannot read chunk file {chunk_file(k)}: "
+                                            f"{exc.strerror or exc}") from None
                 if mapped is None or len(mapped) != chunk_len * dtype.itemsize:
                     raise StoreCorruptError(f"{name}: chunk file {chunk_file(k)} has the wrong size")
                 return mapped.view(dtype)
@@ -200,7 +203,8 @@ class ZarrContainer:
                                 map_whole=map_whole)
         array = self._zarr_array(name)
         if np.dtype(array.dtype) != dtype or array.ndim != 1 or array.shape[0] < length:
-            raise StoreCorruptError(f"{name}: zarr array is {array.dtype}{list(array.shape)}, "
+            raise StoreCorruptError(f"{self.path}: {name}: zarr array is {array.dtype}"
+                                    f"{list(array.shape)}, "
                                     f"the commit needs {dtype.name}[{length}]")
         chunk_len = array.chunks[0]
 
@@ -228,7 +232,8 @@ class ZarrContainer:
         except (KeyError, TypeError, ValueError):
             return None  # not the plain layout: let zarr read it (and complain if need be)
         if data_type != dtype.name or size < length:
-            raise StoreCorruptError(f"{name}: zarr array is {data_type}[{size}], the commit needs "
+            raise StoreCorruptError(f"{self.path}: {name}: zarr array is {data_type}[{size}], "
+                                    f"the commit needs "
                                     f"{dtype.name}[{length}]")
         plain_codec = (len(codecs) == 1 and codecs[0].get("name") == "bytes"
                        and codecs[0].get("configuration", {}).get("endian", "little") == "little")
