@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import cli
 from tokstore import TokenStore
+from tokstore.store import NotAStoreError
 from tokstore.demo import save_random_checkpoint
 from tokstore.synthetic import make_dataset
 from vqvae import VQVAEConfig
@@ -29,6 +30,15 @@ def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
     checkpoint = tmp_path / "checkpoint.pth"
     save_random_checkpoint(checkpoint, tiny_config(), seed)
     return dataset, checkpoint
+
+
+def committed(store) -> int:
+    """Samples committed in the store so far (0 before it exists)."""
+    try:
+        with TokenStore.open(store) as s:
+            return len(s)
+    except NotAStoreError:  # not created yet
+        return 0
 
 
 def build_args(dataset, checkpoint, store, *extra) -> list[str]:

@@ -9,20 +9,10 @@ import sys
 import time
 
 import pytest
-from build_helpers import (CLI, REPO, assert_same_store, build_args, contents, run_cli,
-                           subprocess_env, tiny_setup)
+from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
+                           run_cli, subprocess_env, tiny_setup)
 
-from tokstore import TokenStore
-from tokstore.store import NotAStoreError
 from tokstore.synthetic import corrupt
-
-
-def committed(store) -> int:
-    try:
-        with TokenStore.open(store) as s:
-            return len(s)
-    except NotAStoreError:  # not created yet
-        return 0
 
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])

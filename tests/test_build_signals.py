@@ -10,25 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from build_helpers import (CLI, REPO, assert_same_store, build_args, contents, run_cli,
-                           subprocess_env, tiny_setup)
+from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
+                           run_cli, subprocess_env, tiny_setup)
 
 from tokstore import TokenStore, build as build_module
-from tokstore.store import NotAStoreError
 
 N = 240  # 30 windows of 8: a signal after the first commit lands long before the end
 # one length (24 frames after cropping): every window is one batch of 8, so the exactness
 # calibration (its first ~2k frames of multi-row batches) ends after ~11 windows, long before the
 # loader's workers finish; with distinct lengths it reads the whole tiny set ahead first
 LENGTHS = (24, 26)
-
-
-def committed(store) -> int:
-    try:
-        with TokenStore.open(store) as s:
-            return len(s)
-    except NotAStoreError:  # not created yet
-        return 0
 
 
 def _stat(pid: int) -> tuple[int, str, str] | None:

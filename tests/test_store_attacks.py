@@ -63,24 +63,11 @@ def test_damaged_hdf5_chunk_index_is_a_store_error(tmp_path):
 
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 64 KiB tmpfs (root only); the test is skipped where mounting is not permitted."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def test_hdf5_build_into_a_full_disk_fails_in_one_line(tmp_path, tiny_tmpfs):
+def test_hdf5_build_into_a_full_disk_fails_in_one_line(tmp_path, small_tmpfs):
     """ENOSPC at the very first commit of a new HDF5 store: HDF5 crashed (SIGSEGV) closing a
     dataset whose flush had failed. Now: one line, exit 1, no half-made file left."""
     dataset, checkpoint = tiny_setup(tmp_path, n=4)
-    store = tiny_tmpfs / "store.h5"
+    store = small_tmpfs / "store.h5"
     result = subprocess.run(CLI + build_args(dataset, checkpoint, store), cwd=REPO,
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
@@ -88,16 +75,16 @@ def test_hdf5_build_into_a_full_disk_fails_in_one_line(tmp_path, tiny_tmpfs):
     assert len(lines) == 1 and str(store) in lines[0] and "No space left" in lines[0], \
         result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert os.listdir(tiny_tmpfs) == []
+    assert os.listdir(small_tmpfs) == []
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_store_on_a_read_only_mount(tiny_tmpfs, backend):
+def test_store_on_a_read_only_mount(small_tmpfs, backend):
     """Reads work on a read-only file system; appending is a StoreWriteError (EROFS) naming the
     store, not a bare OSError (the HDF5 writer's open raised one, a traceback in the CLI)."""
-    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_tmpfs)], check=True)
-    path = build(tiny_tmpfs / ("store.zarr" if backend == "zarr" else "store.h5"), backend, n=40)
-    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], check=True)
+    path = build(small_tmpfs / ("store.zarr" if backend == "zarr" else "store.h5"), backend, n=40)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     shown = cli("show", path, NAME)
     assert shown.returncode == 0 and NAME in shown.stdout, shown.stderr
     assert cli("verify", path).returncode == 0

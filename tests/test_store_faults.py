@@ -189,19 +189,6 @@ def test_file_size_limit_mid_build_then_resume(tmp_path):
     same_content(path, expected)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A tmpfs mount (root only); the test is skipped where mounting is not permitted."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
 def test_disk_full_then_resume(tmp_path, backend, small_tmpfs):
     """A real ENOSPC from a small tmpfs: the same promises as the file size limit."""
     total = 400
