@@ -163,7 +163,7 @@ class TokenStore:
         meta = json_safe(meta)
         if "skipped" in meta and writer.record.skipped is not None:  # a list in its array
             skipped_list.encode(meta["skipped"])  # refused now, not at the commit
-            writer.skipped = meta.pop("skipped")
+            writer.skipped, meta["skipped"] = meta["skipped"], []  # [] marks: one was set
         writer.meta.update(meta)
         writer.dirty = True
 
@@ -273,7 +273,7 @@ class TokenStore:
     @property
     def meta(self) -> dict:
         meta = copy.deepcopy(self._writer.meta if self._writer else self._record.meta)
-        if self._record.skipped is not None:
+        if self._record.skipped is not None and "skipped" in meta:
             meta["skipped"] = self.skipped
         return meta
 
