@@ -17,6 +17,9 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
     counts        int64 (2 * (codebook_size + 2))  two slots of codebook_size + 2 entries (one
                                       chunk each): codes 0..K-1, then the end token (once per
                                       sample), then the pad token (always 0)
+    skipped       uint8               the build's skipped list as UTF-8 JSON lines; the record's
+                                      `skipped` names where the current list lies, its count and
+                                      crc32 (skipped.py). Records before it keep it in meta.
 
 The commit record is one JSON object: it names the committed length and the running crc32 of
 every append-only array, the sample count, the static facts (format version, codebook size,
@@ -108,6 +111,7 @@ def array_dtypes(code_dtype: str) -> dict[str, np.dtype]:
     dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<")
               for name in ARRAYS}
     dtypes["counts"] = np.dtype("<i8")
+    dtypes["skipped"] = np.dtype("|u1")  # the skipped list, JSON lines (see skipped.py)
     return dtypes
 
 
@@ -149,6 +153,7 @@ class Record:
     meta: dict = field(default_factory=dict)
     tokstore_version: str = ""
     counts_slot: int = 0                            # which half of `counts` this commit wrote
+    skipped: dict | None = None                     # where the skipped list lies (skipped.py)
 
     @property
     def end_token(self) -> int:
@@ -173,7 +178,8 @@ class Record:
         zero = np.zeros(1, dtype="<i8")
         checksums = {name: (crc32(zero) if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
         checksums["counts"] = crc32(np.zeros(codebook_size + 2, dtype="<i8"))  # slot 0
-        return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0)
+        from .skipped import EMPTY
+        return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0, dict(EMPTY))
 
     def to_dict(self) -> dict:
         record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
@@ -183,6 +189,8 @@ class Record:
                   "samples": self.samples, "lengths": dict(self.lengths),
                   "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
                   "meta": self.meta}
+        if self.skipped is not None:  # records before it keep the list in meta
+            record["skipped"] = dict(self.skipped)
         record[RECORD_CHECKSUM] = record_checksum(record)
         return record
 
@@ -243,8 +251,10 @@ class Record:
         meta = raw["meta"]
         if not isinstance(meta, dict):
             raise ValueError(f"meta is {type(meta).__name__}, not a dict")
+        from .skipped import parse_region
         return cls(size, code_dtype, samples, lengths, checksums, meta,
-                   str(raw.get("tokstore_version", "")), counts_slot)
+                   str(raw.get("tokstore_version", "")), counts_slot,
+                   parse_region(raw.get("skipped")))
 
 
 def record_checksum(record: dict) -> str:

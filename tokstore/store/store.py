@@ -6,10 +6,11 @@ import os
 
 import numpy as np
 
+from . import skipped as skipped_list
 from .batch import SampleBatch
 from .captions import captioned
 from .check import check_store
-from .errors import NameNotFoundError, NotAStoreError, StoreError
+from .errors import NameNotFoundError, NotAStoreError, StoreCorruptError, StoreError
 from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, FORMAT_VERSION, OFFSET_ARRAYS, Record,
                      array_dtypes, check_code_dtype, default_code_dtype, json_safe, probabilities)
 from .hdf5_container import HDF5Container
@@ -56,6 +57,7 @@ class TokenStore:
         self._reader: StoreReader | None = None
         self._writer: StoreWriter | None = None
         self._closed = False
+        self._skipped: tuple | None = None  # (region, decoded list) of the last read
         reader = self._read()  # reads the offsets and checks every array against the record
         if writable:
             self._writer = StoreWriter(container, record, self._dtypes, reader.counts, self._read)
@@ -79,7 +81,9 @@ class TokenStore:
         from .. import __version__
 
         code_dtype = check_code_dtype(code_dtype or default_code_dtype(codebook_size), codebook_size)
-        record = Record.empty(codebook_size, code_dtype, json_safe(meta or {}), __version__)
+        meta = json_safe(meta or {})
+        skipped = meta.pop("skipped", None)  # kept in its array, not in the record
+        record = Record.empty(codebook_size, code_dtype, meta, __version__)
         dtypes = array_dtypes(code_dtype)
         local = local_dir(path)
         if local is not None and local.is_symlink() and not local.exists():  # not made through it
@@ -93,7 +97,10 @@ class TokenStore:
             container.write_record(record)
             container.start_writing()
             container.publish()  # a local store appears at its path only now, whole
-            return cls(container, record, writable=True)
+            store = cls(container, record, writable=True)
+            if skipped is not None:
+                store.update_meta({"skipped": skipped})
+            return store
         except BaseException:
             container.close()
             raise
@@ -116,6 +123,8 @@ class TokenStore:
             if mode == "a":
                 for name in ARRAYS:
                     container.truncate(name, record.lengths[name])
+                if record.skipped is not None:
+                    container.truncate(skipped_list.ARRAY, skipped_list.end(record.skipped))
                 container.start_writing()
             return cls(container, record, writable=mode == "a")
         except BaseException:
@@ -155,7 +164,11 @@ class TokenStore:
     def update_meta(self, meta: dict):
         """Merge keys into the provenance meta, written at the next commit."""
         writer = self._write()
-        writer.meta.update(json_safe(meta))
+        meta = json_safe(meta)
+        if "skipped" in meta and writer.record.skipped is not None:  # a list in its array
+            skipped_list.encode(meta["skipped"])  # refused now, not at the commit
+            writer.skipped, meta["skipped"] = meta["skipped"], []  # [] marks: one was set
+        writer.meta.update(meta)
         writer.dirty = True
 
     def commit(self):
@@ -254,11 +267,36 @@ class TokenStore:
 
     def check(self) -> list[str]:
         """Read every committed byte; a list of problems, empty when the store is healthy."""
-        return check_store(self._read())
+        problems = check_store(self._read())
+        try:
+            self.skipped
+        except StoreCorruptError as exc:
+            problems.append(str(exc))
+        return problems
 
     @property
     def meta(self) -> dict:
-        return copy.deepcopy(self._writer.meta if self._writer else self._record.meta)
+        meta = copy.deepcopy(self._writer.meta if self._writer else self._record.meta)
+        if self._record.skipped is not None and "skipped" in meta:
+            meta["skipped"] = self.skipped
+        return meta
+
+    @property
+    def skipped(self) -> list[dict]:
+        """The split entries a build left out ({name, path, reason}), as meta["skipped"]
+        shows them too: kept in the store's `skipped` array, or in meta in older stores."""
+        if self._writer is not None and self._writer.skipped is not None:
+            return copy.deepcopy(self._writer.skipped)
+        region = self._record.skipped
+        if region is None:
+            meta = self._writer.meta if self._writer else self._record.meta
+            return copy.deepcopy(meta.get("skipped") or [])
+        if self._skipped is None or self._skipped[0] != region:
+            if self._closed:
+                raise StoreError(f"{self.path} is closed")
+            data = skipped_list.read(self._container, region)
+            self._skipped = (region, skipped_list.decode(data, region, self.path))
+        return copy.deepcopy(self._skipped[1])
 
     def captioned(self) -> np.ndarray:
         """bool per sample: at least one caption line that is not blank (what training keeps)."""

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import CodeRangeError, DuplicateNameError, SampleError
+from . import skipped as skipped_list
 from .format import ARRAYS, Record, crc32, name_hashes
 
 FLUSH_BYTES = 64 << 20  # write buffered samples once they hold this much
@@ -31,6 +32,7 @@ class StoreWriter:
         self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
                       "text": record.lengths["text"], "lines": record.lengths["line_offsets"] - 1}
         self._hash_runs = None  # sorted runs of name hashes, built on first use
+        self.skipped: list | None = None  # a new skipped list for the next commit
         self.dirty = False
 
     @property
@@ -187,8 +189,25 @@ class StoreWriter:
         slot = 1 - self.record.counts_slot  # the committed slot stays intact until the record
         self.container.write("counts", self.record.counts_span(slot)[0], self.counts)
         checksums = dict(self._crc, counts=crc32(self.counts))
+        region = self._write_skipped()
         record = replace(self.record, samples=self.samples, lengths=dict(self._written),
-                         checksums=checksums, meta=dict(self.meta), counts_slot=slot)
+                         checksums=checksums, meta=dict(self.meta), counts_slot=slot,
+                         skipped=region)
         self.container.write_record(record)  # the commit point
         self.record, self._pending_names, self.dirty = record, [], False
+        self.skipped = None
         return record
+
+    def _write_skipped(self) -> dict | None:
+        """Write a new skipped list past the committed one; the region the record will name."""
+        region = self.record.skipped
+        if self.skipped is None or region is None:
+            return region
+        new = skipped_list.encode(self.skipped)
+        committed = skipped_list.read(self.container, region)
+        if new == committed:
+            return region
+        start, data, region = skipped_list.plan_write(committed, region, new, len(self.skipped))
+        if data:
+            self.container.write(skipped_list.ARRAY, start, skipped_list.as_array(data))
+        return region
