@@ -508,7 +508,10 @@ def read_all_data(path: str | Path) -> dict:
             raise LegacyFormatError(f"{path}: {field} and file_names name different motions, "
                                     f"e.g. {', '.join(repr(n) for n in odd)}")
     for name in file_names:
-        check_name(name)
+        try:
+            check_name(name)
+        except LegacyFormatError as exc:
+            raise LegacyFormatError(f"{path}: file_names: {exc}") from None
         _check_codes(code_data[name], f"{path}: code_data[{name!r}]")
         _check_lines(text_data[name], f"{path}: text_data[{name!r}]")
     return data
