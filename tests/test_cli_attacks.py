@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pickle
 import struct
+import subprocess
 
 import numpy as np
 import pytest
-from build_helpers import build_args, contents, run_cli, tiny_setup
+from build_helpers import CLI, REPO, build_args, contents, run_cli, subprocess_env, tiny_setup
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,28 @@ def test_pickle_with_a_bad_name_names_the_pickle(world, tmp_path, name):
     one_error_line(run_cli("import", "--store", store, "--pickle", bad, "--codebook-size", 64000),
                    bad)
     assert not store.exists()
+
+
+def test_checkpoint_that_is_a_directory_is_not_called_missing(world, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.mkdir()
+    result = run_cli(*build_args(world["dataset"], checkpoint, tmp_path / "out.zarr"))
+    line = one_error_line(result, checkpoint)
+    assert "not found" not in line and "not a regular file" in line
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_plain_pickle_checkpoint_is_one_line_without_torch_warnings(world, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.write_bytes(pickle.dumps({"net": _Payload()}, protocol=4))
+    # a subprocess: pytest would swallow the warnings the user sees
+    done = subprocess.run(CLI + build_args(world["dataset"], checkpoint, tmp_path / "out.zarr"),
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO)
+    assert done.returncode == 1
+    assert "payload ran" not in done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if "preflight" not in line and line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(checkpoint) in lines[0], lines
