@@ -102,3 +102,33 @@ def test_plain_pickle_checkpoint_is_one_line_without_torch_warnings(world, tmp_p
     assert "payload ran" not in done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if "preflight" not in line and line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and str(checkpoint) in lines[0], lines
+
+
+@pytest.mark.parametrize("verb,sig", [("export-npy", "SIGINT"), ("export-npy", "SIGTERM"),
+                                      ("export-pickle", "SIGINT"), ("export-pickle", "SIGTERM")])
+def test_stop_signal_during_an_export_says_so_in_one_line(world, tmp_path, monkeypatch, verb, sig):
+    """Ctrl-C or SIGTERM in the middle of an export (injected at the second sample): was a silent
+    exit 130 (or a bare death by SIGTERM) leaving a partial folder that looks complete."""
+    import os
+    import signal
+
+    from tokstore import legacy
+
+    signum = getattr(signal, sig)
+    real, calls = legacy.legacy_codes, []
+
+    def signalling(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(legacy, "legacy_codes", signalling)
+    out = tmp_path / ("npy" if verb == "export-npy" else "all_data.pkl")
+    result = run_cli(verb, world["store"], out)
+    assert result.exit_code == 128 + signum, (result.exit_code, result.output)
+    lines = [line for line in result.output.splitlines() if line.startswith("interrupted by")]
+    assert len(lines) == 1 and sig in lines[0] and str(out) in lines[0], result.output
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tokstore-")]
+    if verb == "export-pickle":
+        assert not out.exists()
