@@ -285,12 +285,26 @@ def decode(
 
 # ---- legacy files: export what the original wrote, import its outputs (tokstore/legacy.py) ----
 
+@contextlib.contextmanager
+def _stop_signals_say(outcome: str):
+    """SIGTERM/SIGINT during an export: ONE line saying what the output holds, exit 128 + N
+    (a bare Ctrl-C exited silently, SIGTERM killed outright, a partial export looking whole)."""
+    from tokstore.lifetime import Interrupted, StopSignals
+
+    try:
+        with StopSignals():
+            yield
+    except Interrupted as exc:
+        raise StoppedBySignal(f"interrupted by {exc}: {outcome}", exc.signum) from None
+
+
 @app.command("export-npy")
 def export_npy(store: str, out_dir: str):
     """Write OUT_DIR/<name>.npy per motion, (1, T') in the legacy dtype, as the original did."""
     from tokstore import TokenStore, legacy
 
-    with user_errors(), TokenStore.open(store) as opened:
+    with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
+            f"{out_dir} holds a partial export; re-run the same command to complete it"):
         count = legacy.export_npy(opened, out_dir)
     typer.echo(f"wrote {count} code files under {out_dir}")
 
@@ -300,7 +314,8 @@ def export_prob(store: str, out_file: str):
     """Write the original's probability file (torch.save float32, codebook_size + 2)."""
     from tokstore import TokenStore, legacy
 
-    with user_errors(), TokenStore.open(store) as opened:
+    with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
+            f"{out_file} not written; re-run the same command"):
         legacy.export_prob(opened, out_file)
     typer.echo(f"wrote {out_file}")
 
@@ -311,7 +326,8 @@ def export_pickle(store: str, out_file: str,
     """Write the original's all_data.pkl (text_data, code_data, file_names)."""
     from tokstore import TokenStore, legacy
 
-    with user_errors(), TokenStore.open(store) as opened:
+    with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
+            f"{out_file} not written; re-run the same command"):
         legacy.export_pickle(opened, out_file, split)
     typer.echo(f"wrote {out_file}")
 

@@ -82,6 +82,20 @@ def replace_atomically(out_file: str | Path, write) -> Path:
     return out_file
 
 
+def outside_store(store, out: str | Path) -> Path:
+    """`out`, refused when it is the store itself or lies inside it: an export written over a
+    zarr store's metadata or an HDF5 store's file would destroy the store it reads."""
+    out = Path(out)
+    if "://" in str(store.path):
+        return out
+    home = Path(store.path).resolve()
+    target = out.resolve()
+    if target == home or home in target.parents:
+        raise LegacyFormatError(f"{out}: inside the store {store.path} it exports; "
+                                "write the export elsewhere")
+    return out
+
+
 def _umask() -> int:
     mask = os.umask(0o22)
     os.umask(mask)
@@ -330,6 +344,7 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
     """`out_dir/<name>.npy` per sample. Creating a file costs far more than reading its name and
     codes, so the store is read here in order while writer threads create the files, at most
     SAVE_WINDOW samples in flight: memory stays constant. Returns the file count."""
+    out_dir = outside_store(store, out_dir)
     dtype = legacy_dtype(store)
     folders, in_flight = set(), collections.deque()
     with ThreadPoolExecutor(SAVE_THREADS) as pool, \
@@ -352,7 +367,8 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
 
 def export_prob(store, out_file: str | Path) -> Path:
     """The probability file: torch.save of the float32 tensor the original computed."""
-    return replace_atomically(out_file, lambda f: torch.save(legacy_probs(store.counts), f))
+    return replace_atomically(outside_store(store, out_file),
+                              lambda f: torch.save(legacy_probs(store.counts), f))
 
 
 def all_data(store, names: list[str] | None = None, progress: bool = True) -> dict:
@@ -381,6 +397,7 @@ def all_data(store, names: list[str] | None = None, progress: bool = True) -> di
 def export_pickle(store, out_file: str | Path, split: str | Path | None = None,
                   progress: bool = True) -> Path:
     """all_data.pkl for the whole store, or for a split file's names in its order."""
+    out_file = outside_store(store, out_file)
     names = read_split(split) if split is not None else None
     data = all_data(store, names, progress)
     return replace_atomically(out_file, lambda f: pickle.dump(data, f, protocol=PICKLE_PROTOCOL))
@@ -508,7 +525,10 @@ def read_all_data(path: str | Path) -> dict:
             raise LegacyFormatError(f"{path}: {field} and file_names name different motions, "
                                     f"e.g. {', '.join(repr(n) for n in odd)}")
     for name in file_names:
-        check_name(name)
+        try:
+            check_name(name)
+        except LegacyFormatError as exc:
+            raise LegacyFormatError(f"{path}: file_names: {exc}") from None
         _check_codes(code_data[name], f"{path}: code_data[{name!r}]")
         _check_lines(text_data[name], f"{path}: text_data[{name!r}]")
     return data

@@ -222,13 +222,15 @@ def load_stats(mean_file, std_file, input_dim: int) -> tuple[np.ndarray, np.ndar
     for kind, path in (("mean", mean_file), ("std", std_file)):
         try:
             with open_regular(path, kind=f"{kind} file") as f:
+                shape = read_npy_header(f)[0]  # np.load would allocate whatever it declares
+                if shape != (input_dim,):
+                    raise SourceError(f"{path}: {kind} has shape {shape}, expected ({input_dim},)")
+                f.seek(0)
                 arr = np.load(f, allow_pickle=False)
         except FileNotFoundError:
             raise SourceError(f"{kind} file not found: {path}") from None
         except (OSError, ValueError, EOFError) as exc:
             raise SourceError(f"{path}: unreadable {kind} file ({_reason(exc)})") from None
-        if arr.shape != (input_dim,):
-            raise SourceError(f"{path}: {kind} has shape {arr.shape}, expected ({input_dim},)")
         if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
             raise SourceError(f"{path}: {kind} has dtype {arr.dtype}, expected a float type "
                               "of at most 64 bits (the original's torch takes no wider one)")

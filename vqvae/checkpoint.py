@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,10 +46,14 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     """The weights of a checkpoint file ({'net': ...} or a bare state dict), `module.` stripped.
     Opened with weights_only=True: a checkpoint is untrusted input."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise VQVAEError(f"{path}: checkpoint is not a regular file (a FIFO, device or directory)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the very pickles it then refuses
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle error, a zip error, an unsafe global: all mean "cannot trust/read"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VQVAEError(f"cannot load {path} as a torch checkpoint with weights_only=True "
