@@ -476,7 +476,7 @@ def map_side_by_side(paths: list[str], size: int) -> np.ndarray | None:
 
 
 class _WrongSize(OSError):
-    pass
+    """A chunk file of another size than its neighbours: damage for the copy path to name."""
 
 
 def _load_libc():
