@@ -58,6 +58,16 @@ def subprocess_env() -> dict:
 
 
 CLI = [sys.executable, "-m", "cli"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "cli"]
+
+
+def run_torchrun(args):
+    """The CLI under torchrun with two CPU ranks: the finished process (stdout, stderr as text)."""
+    import subprocess
+
+    return subprocess.run(TORCHRUN + [str(a) for a in args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
 
 
 def contents(path) -> dict:

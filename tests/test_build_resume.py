@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
-                           run_cli, subprocess_env, tiny_setup)
+                           run_cli, run_torchrun, subprocess_env, tiny_setup)
 
 from tokstore.synthetic import corrupt
 
@@ -55,11 +54,7 @@ def test_torchrun_two_processes_write_the_single_process_store(tmp_path):
     assert run_cli(*build_args(dataset, checkpoint, store, *options)).exit_code == 0
     split.write_text(full)
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "cli"]
-    result = subprocess.run(torchrun + build_args(dataset, checkpoint, store, *options),
-                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = run_torchrun(build_args(dataset, checkpoint, store, *options))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("built ") == 1  # rank 0 speaks for both
     assert "this run encoded 20 motions (resumed after 9)" in result.stdout

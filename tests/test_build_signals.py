@@ -53,6 +53,15 @@ def start_build(args):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def start_mid_way_build(tmp_path, name: str):
+    """A build of N motions, one commit per window of 8, two loader workers, just started."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
+    store = tmp_path / name
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+                      "--workers", "2")
+    return dataset, checkpoint, store, args, start_build(args)
+
+
 def wait_for_workers(process, store, workers: int):
     """Block until the build has committed once and its loader workers run: {pid: start}."""
     deadline = time.monotonic() + 120
@@ -85,11 +94,7 @@ def rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args):
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])
 def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
-    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
-    store = tmp_path / name
-    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
-                      "--workers", "2")
-    process = start_build(args)
+    dataset, checkpoint, store, args, process = start_mid_way_build(tmp_path, name)
     try:
         children = wait_for_workers(process, store, 2)
         process.send_signal(signal.SIGKILL)
@@ -107,11 +112,7 @@ def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
 def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig,
                                                                            ctrl_c_twice):
     """ctrl_c_twice: SIGINT to the whole process group (workers too), and again 50 ms later."""
-    dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
-    store = tmp_path / name
-    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
-                      "--workers", "2")
-    process = start_build(args)
+    dataset, checkpoint, store, args, process = start_mid_way_build(tmp_path, name)
     try:
         children = wait_for_workers(process, store, 2)
         if ctrl_c_twice:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from build_helpers import TINY, build_args, run_cli, tiny_config
+from build_helpers import TINY, build_args, run_cli, run_torchrun, tiny_config
 
 from benchmarks.baseline import OriginalGetCodes, original_dataset_item
 from tokstore import TokenStore
@@ -298,22 +298,13 @@ def test_a_store_from_before_exactness_was_recorded_resumes_only_if_it_was_exact
 
 
 def test_torchrun_ranks_calibrate_and_their_checks_reach_the_store(tmp_path):
-    import subprocess
-    import sys
-
-    from build_helpers import REPO, subprocess_env
-
     dataset = make_dataset(tmp_path / "data", 32, lengths=(200, 200))
     checkpoint = tmp_path / "checkpoint.pth"
     save_random_checkpoint(checkpoint, tiny_config(), 0)
     store = tmp_path / "ranks.zarr"
     # windows of 8 in batches of 4: each rank gets 2 windows, calibrates on its first 3 batches
     options = ["--batch-frames", "800", "--window", "8"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "cli"]
-    result = subprocess.run(torchrun + build_args(dataset, checkpoint, store, *options),
-                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = run_torchrun(build_args(dataset, checkpoint, store, *options))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (result.stdout + result.stderr).count("codes: exact (CPU fp32)") == 1
     with TokenStore.open(store) as s:
