@@ -164,7 +164,7 @@ def demo(directory: Path | None = typer.Option(
             typer.echo(describe(store))
 
 
-# ---- inspect: info / show / ls / stats / verify / decode (tokstore/inspect.py) -----------------
+# ---- inspect: info / show / ls / stats / verify / decode (tokstore/inspect.py, render.py) -------
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 DeviceOption = Annotated[str, typer.Option(help="Torch device for the model: cpu, cuda, cuda:1.")]
@@ -182,21 +182,21 @@ def _print_json(data) -> None:
 @app.command()
 def info(store: str, json: JsonFlag = False):
     """Counts, codebook, model config and provenance of a store."""
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, render
 
     with user_errors(), TokenStore.open(store) as opened:
         found = inspect.store_info(opened)
-        _print_json(found) if json else typer.echo(inspect.render_info(found))
+        _print_json(found) if json else typer.echo(render.render_info(found))
 
 
 @app.command()
 def show(store: str, name: str, json: JsonFlag = False):
     """Codes and caption lines of one sample."""
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, render
 
     with user_errors(), TokenStore.open(store) as opened:
         sample = inspect.show_sample(opened, name)
-        _print_json(sample) if json else typer.echo(inspect.render_show(sample))
+        _print_json(sample) if json else typer.echo(render.render_show(sample))
 
 
 @app.command("ls")
@@ -209,11 +209,11 @@ def list_store(
     json: JsonFlag = False,
 ):
     """Names, code counts and first caption lines (tab-separated), filtered."""
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, render
 
     with user_errors(), TokenStore.open(store) as opened:
         rows = inspect.list_samples(opened, min_len, max_len, grep, name_glob)
-        _print_json(rows) if json else typer.echo(inspect.render_ls(rows))
+        _print_json(rows) if json else typer.echo(render.render_ls(rows))
 
 
 @app.command()
@@ -224,13 +224,13 @@ def stats(
     json: JsonFlag = False,
 ):
     """Codebook usage (active codes, perplexity, top codes) and the length distribution."""
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, render
 
     with user_errors(), TokenStore.open(store) as opened:
         found = inspect.code_stats(opened, top)
         if plot is not None:
             inspect.plot_stats(opened, plot)
-        _print_json(found) if json else typer.echo(inspect.render_stats(found))
+        _print_json(found) if json else typer.echo(render.render_stats(found))
         if plot is not None and not json:
             typer.echo(f"plot:         {plot}")
 
@@ -249,7 +249,7 @@ def verify(
 ):
     """Structure, per-array checksums and counts; with --checkpoint, re-encoding agreement.
     Exits 1 on any failure, naming it."""
-    from tokstore import TokenStore, inspect
+    from tokstore import TokenStore, inspect, render
 
     if reencode is not None and checkpoint is None:
         typer.echo("error: --reencode needs --checkpoint", err=True)
@@ -257,7 +257,7 @@ def verify(
     with user_errors(), TokenStore.open(store) as opened:
         report = inspect.verify_store(opened, checkpoint, reencode or 8, precision,
                                       seed, device, mean, std, min_agreement)
-    typer.echo(inspect.render_verify(report))
+    typer.echo(render.render_verify(report))
     if not report.ok:
         raise typer.Exit(1)
 

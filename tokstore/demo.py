@@ -10,7 +10,8 @@ import torch
 
 from vqvae import VQVAE, VQVAEConfig
 
-from .inspect import render_info, store_info
+from .inspect import store_info
+from .render import render_info
 from .sources import SourceLayout
 from .store import TokenStore
 from .synthetic import make_dataset

@@ -1,7 +1,7 @@
 """Looking inside a store and deciding whether to trust it: the logic behind info/show/ls/stats/verify/decode.
 
 Every function takes an open TokenStore and returns plain data (dicts, lists, arrays), so that the
-CLI only formats and tests assert on numbers rather than on text.
+CLI only formats (tokstore/render.py) and tests assert on numbers rather than on text.
 """
 from __future__ import annotations
 
@@ -321,108 +321,3 @@ def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | N
             problems.append(f"re-encoding: token agreement {found.agreement:.2%} is below "
                             f"{min_agreement:.2%}; samples that differ: {', '.join(found.differing)}")
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# text the CLI prints (the --json forms print the dicts above as they are)
-
-
-def render_info(info: dict) -> str:
-    from vqvae import VQVAEConfig
-
-    unit = f" ({info['frames']} frames at {info['unit_length']} per code)" if info["unit_length"] else ""
-    model = " ".join(VQVAEConfig.from_dict(info["model_config"]).to_flags()) if info["model_config"] else "-"
-    sources = info["source_paths"] or {}
-    size = info["size_bytes"]
-    lines = [
-        f"store:        {info['path']} ({info['backend']}, format {info['format_version']}, "
-        f"written by tokstore {info['written_by'] or '?'})",
-        f"samples:      {info['samples']}",
-        f"codes:        {info['codes']}{unit}",
-        f"tokens:       {info['tokens']} (codes + one end token per sample)",
-        f"codebook:     {info['codebook_size']} codes, end token {info['end_token']}, pad token "
-        f"{info['pad_token']}; stored as {info['code_dtype']}, legacy {info['legacy_code_dtype'] or '-'}",
-        f"model:        {model}",
-        f"checkpoint:   sha256 {info['checkpoint_sha256'] or '-'}",
-        f"statistics:   sha256 {info['stats_sha256'] or '-'}",
-        f"encoded:      precision {info['precision'] or '-'} on {info['device'] or '-'}, "
-        f"crop {info['crop_policy'] or '-'}, torch {info.get('torch_version') or '-'}",
-        *_render_exactness(info),
-        *(f"source:       {key} = {value}" for key, value in sources.items() if value is not None),
-        f"skipped:      {len(info['skipped'])}",
-        *(f"  {entry.get('name')}: {entry.get('reason')}" for entry in info["skipped"]),
-        f"size on disk: {'-' if size is None else f'{size} bytes ({size / 2**20:.2f} MiB)'}",
-    ]
-    return "\n".join(lines)
-
-
-def _render_exactness(info: dict) -> list[str]:
-    """The exactness lines of `info`: mode, margin and what the re-check did."""
-    mode, found = info.get("exactness_mode"), info.get("exactness") or {}
-    if not mode:
-        return ["exactness:    not recorded (a store from before exactness was recorded)"]
-    lines = [f"exactness:    {mode}" + (" (codes equal the original's, checked as below)"
-                                       if mode == "exact" else "")]
-    if mode == "mixed":
-        lines.append("encoders:     " + "; ".join(
-            f"{e.get('mode')} ({e.get('device')} {e.get('precision')}, torch {e.get('torch_version')})"
-            for e in info.get("encoders") or []))
-    if found.get("margin") and not found.get("calibration_tokens"):
-        lines.append(f"  margin {found['margin']:.3g} ({found.get('decision_variable')}; not "
-                     "calibrated: no batch of several motions at the start to measure on)")
-    elif found.get("margin"):
-        lines.append(f"  margin {found['margin']:.3g} ({found.get('decision_variable')}; "
-                     f"{found.get('safety_factor'):g}x the measured deviation "
-                     f"{found.get('measured_deviation', 0):.3g}, floor {found.get('margin_floor'):g}), "
-                     f"calibrated on {found.get('calibration_tokens', 0)} tokens")
-    elif mode == "exact":
-        lines.append("  every motion was encoded alone (no batch of several motions to re-check)")
-    if found.get("margin"):
-        lines.append(f"  re-encoded alone: {found.get('rows_reencoded', 0)} rows, largest deviation "
-                     f"{found.get('max_reencode_deviation', 0):.3g} (stops above "
-                     f"{found.get('stop_fraction'):g} of the margin); tokens changed by "
-                     f"re-encoding: {found.get('tokens_changed', 0)}")
-    if found.get("agreement"):
-        a = found["agreement"]
-        lines.append(f"  agreement with exact codes: {a['share']:.2%} of {a['codes']} codes on "
-                     f"{a['motions']} motions")
-    return lines
-
-
-def render_show(sample: dict) -> str:
-    return "\n".join([f"name:   {sample['name']}", f"length: {sample['length']} codes",
-                      "codes:  " + " ".join(map(str, sample["codes"])), "texts:",
-                      *(f"  {line}" for line in sample["texts"])])
-
-
-def render_ls(rows: list[dict]) -> str:
-    """One sample a line, tab-separated (names may hold spaces): length, name, first caption."""
-    return "\n".join(f"{row['length']}\t{row['name']}\t{row['caption']}" for row in rows)
-
-
-def render_stats(stats: dict) -> str:
-    q = stats["lengths"]
-    lengths = (f"min {q['min']}, mean {q['mean']:.1f}, p5 {q['p5']:g}, p25 {q['p25']:g}, "
-               f"median {q['p50']:g}, p75 {q['p75']:g}, p95 {q['p95']:g}, max {q['max']}") if q else "-"
-    return "\n".join([
-        f"samples:      {stats['samples']}",
-        f"codes:        {stats['codes']}",
-        f"active codes: {stats['active_codes']} of {stats['codebook_size']} ({stats['active_share']:.2%})",
-        f"perplexity:   {stats['perplexity']:.2f}",
-        f"lengths:      {lengths}",
-        "top codes:    code  count  share",
-        *(f"{t['code']:>18} {t['count']:>6} {t['share']:>6.2%}" for t in stats["top_codes"]),
-    ])
-
-
-def render_verify(report: VerifyReport) -> str:
-    lines = [f"FAIL {problem}" for problem in report.problems]
-    found = report.reencoding
-    if found is not None:
-        lines.append(f"re-encoded {len(found.samples)} samples: {found.exact} exact, token agreement "
-                     f"{found.agreement:.2%} ({found.agreeing}/{found.tokens})")
-        if found.checkpoint_matches is not None:
-            lines.append("checkpoint: sha256 " + ("matches the one recorded at build" if found.checkpoint_matches
-                                                  else "DIFFERS from the one recorded at build"))
-    lines.append("verify: OK" if report.ok else f"verify: FAILED ({len(report.problems)} problems)")
-    return "\n".join(lines)
