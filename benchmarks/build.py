@@ -36,7 +36,8 @@ from tokstore import TokenStore
 from tokstore.build import (BATCH_FRAMES, EXACT, MARGIN_POLICY, BuildOptions, build, encode_batches,
                             encode_mode, one_intra_op_thread, resolve_device)
 from tokstore.demo import save_random_checkpoint
-from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
+from tokstore.loading import MotionBatch, iter_batches
+from tokstore.sources import load_stats, preflight, read_split
 from tokstore.synthetic import make_dataset
 from vqvae import VQVAEConfig, load_checkpoint
 from vqvae.exact import ExactEncoder

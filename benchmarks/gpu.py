@@ -35,7 +35,8 @@ from tokstore import TokenStore
 from tokstore.build import (BATCH_FRAMES, EXACT, MARGIN_POLICY, BuildOptions, _recheck_threads, build,
                             encode_batches, encode_mode, resolve_device)
 from tokstore.demo import save_random_checkpoint
-from tokstore.sources import MotionBatch, iter_batches, load_motion, load_stats, preflight, read_split
+from tokstore.loading import MotionBatch, iter_batches, load_motion
+from tokstore.sources import load_stats, preflight, read_split
 from tokstore.synthetic import make_dataset
 from vqvae import VQVAEConfig, load_checkpoint
 from vqvae.exact import DeviceFast, ExactEncoder

@@ -16,7 +16,8 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import Timer, machine
-from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_captions, read_split
+from tokstore.loading import MotionBatch, iter_batches
+from tokstore.sources import load_stats, preflight, read_captions, read_split
 from vqvae import normalize
 from tokstore.synthetic import make_dataset
 

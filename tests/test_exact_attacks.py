@@ -119,7 +119,8 @@ def test_a_hybrid_build_calibrates_on_one_motion_batches_too(tmp_path):
     from test_vqvae_hybrid import NoisyFast
 
     from tokstore.build import encode_batches
-    from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
+    from tokstore.loading import MotionBatch, iter_batches
+    from tokstore.sources import load_stats, preflight, read_split
     from vqvae import load_checkpoint
     from vqvae.exact import ExactEncoder
 

@@ -151,7 +151,8 @@ def test_the_build_pipeline_with_a_hybrid_engine_hands_back_exact_codes_in_order
     from build_helpers import tiny_setup
 
     from tokstore.build import encode_batches
-    from tokstore.sources import MotionBatch, iter_batches, load_stats, preflight, read_split
+    from tokstore.loading import MotionBatch, iter_batches
+    from tokstore.sources import load_stats, preflight, read_split
     from vqvae import load_checkpoint
 
     dataset, checkpoint = tiny_setup(tmp_path, n=60, lengths=(40, 48))
@@ -183,7 +184,7 @@ def test_an_inexact_device_build_collects_its_batches_behind_the_launches():
     """The inexact device path (tf32/bf16 on CUDA) launches batches ahead and collects them in
     order; on CPU its codes are the model's own batched codes."""
     from tokstore.build import _device_batches
-    from tokstore.sources import MotionBatch
+    from tokstore.loading import MotionBatch
 
     model, batches = model_and_batches(n_batches=6, rows=4)  # one row bucket: the batch as it is
     items = [MotionBatch(0, np.arange(4) + 4 * i, [], [], b) for i, b in enumerate(batches)]

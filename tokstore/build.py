@@ -38,8 +38,9 @@ from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, Exactnes
 from .distributed import Ranks
 from .errors import StoppedBySignal, TokstoreError
 from .lifetime import Interrupted, StopSignals
-from .sources import (CROP_POLICY, Entry, LoadFailure, MotionBatch, SourceLayout, iter_batches,
-                      load_motion, load_stats, preflight, read_split, stats_sha256)
+from .loading import LoadFailure, MotionBatch, iter_batches, load_motion
+from .sources import (CROP_POLICY, Entry, SourceLayout, load_stats, preflight, read_split,
+                      stats_sha256)
 from .store import NotAStoreError, StoreError, TokenStore
 
 PRECISIONS = ("fp32", "tf32", "bf16")

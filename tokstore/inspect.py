@@ -256,7 +256,7 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
 def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) -> Reencoding:
     import torch
 
-    from tokstore.sources import load_motion
+    from tokstore.loading import load_motion
     from vqvae import file_sha256
 
     meta = store.meta
