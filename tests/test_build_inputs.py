@@ -218,3 +218,39 @@ def test_devices_fifos_and_huge_captions_are_refused_at_once(tmp_path, kind, wha
             assert result.returncode == 0, result.stderr
             [record] = contents(store)["skipped"]
             assert record["path"] == str(path) and reason in record["reason"]
+
+
+# --- the model the command line names -------------------------------------------------------
+
+@pytest.mark.parametrize("preset, flags, input_dim", [
+    ("motionmillion", [], None),
+    ("motionmillion", ["--width", "32", "--code-dim=32", "--output_emb_width", "32"], None),
+    ("t2m-gpt", ["--quantizer", "FSQ", "--nb-code", "1024", "--use_patcher"], 263),
+    ("t2m-gpt", ["--input_dim", "300"], 263),  # an explicit --input-dim beats the layout's
+    (None, ["--nb-code", "65536", "--quantizer", "FSQ", "--down-t", "1", "--vq-norm", "LN"], 251),
+    (None, ["--vq-norm", "None"], None),
+])
+def test_model_config_is_the_preset_with_the_flags_given_replaced(preset, flags, input_dim):
+    """The same config as parsing the preset's own flags followed by the given ones (how it was
+    merged before: through flag strings), the layout's feature count unless --input-dim says."""
+    from tokstore.build import model_config
+    from vqvae import VQVAEConfig
+
+    merged = model_config(preset, flags, input_dim)
+    through_flags = VQVAEConfig.from_flags((VQVAEConfig.preset(preset).to_flags() if preset else [])
+                                           + flags)
+    given_dim = any(f.startswith(("--input-dim", "--input_dim")) for f in flags)
+    expected_dim = through_flags.input_dim if given_dim or input_dim is None else input_dim
+    assert merged.to_dict() == {**through_flags.to_dict(), "input_dim": expected_dim}
+
+
+def test_model_config_refuses_no_model_and_bad_flags():
+    from tokstore.build import BuildError, model_config
+    from vqvae import VQVAEError
+
+    with pytest.raises(BuildError, match="name the model"):
+        model_config(None, [])
+    with pytest.raises(VQVAEError, match="unknown model flag '--batch-size'"):
+        model_config("motionmillion", ["--batch-size", "4"])
+    with pytest.raises(VQVAEError, match="output_emb_width \\(512\\) must equal code_dim \\(32\\)"):
+        model_config("motionmillion", ["--code-dim", "32"])

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import GOLDEN, golden_info
 from vqvae import VQVAEConfig, VQVAEError
+from vqvae.config import flag_values
 
 DOCUMENTED_FSQ_SIZES = {256: 240, 512: 512, 1024: 1000, 2048: 1920, 4096: 4375, 16384: 15360, 65536: 64000}
 
@@ -54,9 +55,14 @@ def test_from_flags_accepts_both_spellings_equals_signs_and_a_list():
 
 @pytest.mark.parametrize("flags, message", [
     ("--nb-code 512 --batch-size 1", "unknown model flag '--batch-size'"),
-    ("--nb-code", "--nb-code needs a value"),
-    ("--width wide", "--width expects an integer, got 'wide'"),
-    ("--use_patcher=1", "--use_patcher takes no value"),
+    ("--nb-code", "model flag --nb-code: expected one argument"),
+    ("--width wide", "model flag --width: expects an integer, got 'wide'"),
+    ("--width=wide", "model flag --width: expects an integer, got 'wide'"),
+    ("--nb_code=", "model flag --nb-code: expects an integer, got ''"),
+    ("--use_patcher=1", "model flag --use_patcher: ignored explicit argument '1'"),
+    ("--batch-size=1", "unknown model flag '--batch-size'"),
+    ("--nb 512", "unknown model flag '--nb'"),  # no abbreviations
+    ("-h", "unknown model flag '-h'"),  # no help that would exit the process
     ("512", "expected a flag, got '512'"),
     ("--vq-act tanh", "vq_act must be one of"),
     ("--vq-norm IN", "vq_norm must be one of"),
@@ -68,6 +74,22 @@ def test_from_flags_accepts_both_spellings_equals_signs_and_a_list():
 def test_bad_flags_are_clear_errors(flags, message):
     with pytest.raises(VQVAEError, match=message):
         VQVAEConfig.from_flags(flags)
+
+
+def test_a_repeated_flag_takes_the_last_value_as_argparse_does():
+    assert VQVAEConfig.from_flags("--width 64 --width=128").width == 128
+
+
+def test_flag_values_holds_only_the_fields_the_flags_give():
+    assert flag_values("--nb_code 1024 --use-patcher --vq-norm=LN") == {
+        "nb_code": 1024, "use_patcher": True, "vq_norm": "LN"}
+    assert flag_values([]) == {}
+
+
+def test_bad_flags_never_exit_the_process():
+    for flags in ("--nb-code", "--width x", "--use_patcher=1", "--", "-h", "--help", "x"):
+        with pytest.raises(VQVAEError):
+            VQVAEConfig.from_flags(flags)
 
 
 def test_defaults_are_the_original_get_codes_parser_defaults():

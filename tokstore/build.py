@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from vqvae import VQVAE, VQVAEConfig, file_sha256, load_checkpoint
-from vqvae.config import flag_name
+from vqvae.config import flag_name, flag_values
 from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, ExactnessError, MarginPolicy,
                          PinnedThreads)
 
@@ -142,12 +142,10 @@ def model_config(preset: str | None, flags: list[str], input_dim: int | None = N
     if not preset and not flags:
         raise BuildError("name the model: --preset motionmillion|t2m-gpt, or the original flags "
                          "(e.g. --nb-code 65536 --quantizer FSQ --down-t 1 ...)")
-    base = VQVAEConfig.preset(preset).to_flags() if preset else []
-    config = VQVAEConfig.from_flags(base + list(flags))
-    given = {f.partition("=")[0].replace("_", "-") for f in flags}
-    if input_dim is not None and "--input-dim" not in given and config.input_dim != input_dim:
-        config = VQVAEConfig.from_flags(config.to_flags() + ["--input-dim", str(input_dim)])
-    return config
+    given = flag_values(flags)
+    if input_dim is not None:
+        given.setdefault("input_dim", input_dim)
+    return VQVAEConfig.preset(preset, **given) if preset else VQVAEConfig(**given)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

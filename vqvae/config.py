@@ -6,6 +6,7 @@ get-codes script; the field defaults are the defaults of the original get-codes 
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import shlex
@@ -117,42 +118,9 @@ class VQVAEConfig:
 
     @classmethod
     def from_flags(cls, flags: list[str] | str) -> VQVAEConfig:
-        """Parse the original command-line flags (`--nb-code 65536 --use_patcher ...`).
-
-        `--x-y` and `--x_y` spellings are both accepted, as is `--flag=value`; `--input-dim` is
-        tokstore's addition (the original derives it from --dataname). Unknown flags are an error.
-        """
-        tokens = shlex.split(flags) if isinstance(flags, str) else list(flags)
-        values: dict = {}
-        i = 0
-        while i < len(tokens):
-            token = tokens[i]
-            if not token.startswith("--"):
-                raise VQVAEError(f"expected a flag, got {token!r}")
-            spelled, has_value, inline = token.partition("=")
-            field = spelled[2:].replace("-", "_")
-            if field not in _FLAG_TYPES:
-                raise VQVAEError(f"unknown model flag {spelled!r}; model flags are: "
-                                 + " ".join(flag_name(f) for f in _FLAG_TYPES))
-            if _FLAG_TYPES[field] is bool:  # store_true, as in the original parser
-                if has_value:
-                    raise VQVAEError(f"{spelled} takes no value")
-                values[field] = True
-                i += 1
-                continue
-            if has_value:
-                raw = inline
-                i += 1
-            elif i + 1 < len(tokens):
-                raw = tokens[i + 1]
-                i += 2
-            else:
-                raise VQVAEError(f"{spelled} needs a value")
-            try:
-                values[field] = _FLAG_TYPES[field](raw)
-            except ValueError:
-                raise VQVAEError(f"{spelled} expects an integer, got {raw!r}") from None
-        return cls(**values)
+        """Parse the original command-line flags (`--nb-code 65536 --use_patcher ...`): the flags
+        given over the original get-codes parser's defaults. See `flag_values`."""
+        return cls(**flag_values(flags))
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of every field."""
@@ -177,14 +145,61 @@ class VQVAEConfig:
         return flags
 
 
-_FLAG_TYPES = {f.name: (bool if f.type == "bool" else int if f.type == "int" else str)
-               for f in dataclasses.fields(VQVAEConfig)}
 _UNDERSCORE_FLAGS = {"use_patcher", "patch_size", "patch_method"}  # the original spells these with _
 
 
 def flag_name(field: str) -> str:
     """The original's spelling of a field's flag (`--nb-code`, `--use_patcher`)."""
     return "--" + (field if field in _UNDERSCORE_FLAGS else field.replace("_", "-"))
+
+
+def flag_values(flags: list[str] | str) -> dict:
+    """The fields that the original command-line flags set, {field: value}, nothing else.
+
+    An argparse parser like the original's: one flag per VQVAEConfig field, under its original
+    spelling and the other one (`--x-y` and `--x_y` both work), `--flag value` or `--flag=value`,
+    `--use_patcher` a store_true, the last of a repeated flag winning; `--input-dim` is tokstore's
+    addition (the original derives it from --dataname). Abbreviated flags are refused rather than
+    guessed. Values are checked when a VQVAEConfig is made of them. Raises VQVAEError.
+    """
+    tokens = shlex.split(flags) if isinstance(flags, str) else list(flags)
+    parser = _FlagParser(prog="model flags", add_help=False, allow_abbrev=False,
+                         exit_on_error=False)
+    for f in dataclasses.fields(VQVAEConfig):
+        spellings = dict.fromkeys([flag_name(f.name), "--" + f.name, "--" + f.name.replace("_", "-")])
+        if f.type == "bool":
+            parser.add_argument(*spellings, dest=f.name, action="store_true", default=argparse.SUPPRESS)
+        else:
+            parser.add_argument(*spellings, dest=f.name, default=argparse.SUPPRESS,
+                                type=_integer if f.type == "int" else str)
+    try:
+        given, rest = parser.parse_known_args(tokens)
+    except argparse.ArgumentError as exc:
+        flag = exc.argument_name.partition("/")[0] if exc.argument_name else "model flags"
+        raise VQVAEError(f"model flag {flag}: {exc.message}") from None
+    if rest:
+        spelled = rest[0].partition("=")[0]
+        if not spelled.startswith("-"):
+            raise VQVAEError(f"expected a flag, got {rest[0]!r}")
+        raise VQVAEError(f"unknown model flag {spelled!r}; model flags are: "
+                         + " ".join(flag_name(f.name) for f in dataclasses.fields(VQVAEConfig)))
+    return vars(given)
+
+
+class _FlagParser(argparse.ArgumentParser):
+    """argparse that raises VQVAEError where it would print usage and exit the process: with
+    exit_on_error=False most errors arrive as ArgumentError, but argparse still sends a few
+    through error() (missing required arguments, for one), and a library must not exit."""
+
+    def error(self, message: str):
+        raise VQVAEError(f"model flags: {message}")
+
+
+def _integer(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer, got {raw!r}") from None
 
 
 PRESETS = {
