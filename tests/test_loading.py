@@ -145,6 +145,19 @@ def test_windows_and_failures(dataset):
     assert window_of_item == []
 
 
+def test_a_header_made_unparsable_after_preflight_is_a_load_failure(dataset):
+    from test_sources import unclosed_header
+
+    lay, names = dataset.layout, dataset.names
+    mean, std = load_stats(lay.mean_file, lay.std_file, 272)
+    entries = preflight(lay, names, 272, UNIT).entries
+    unclosed_header(lay.motion_path(names[5]))
+    loaded, failures, _, _ = collect(entries, mean, std)
+    assert [(f.entry_id, f.path) for f in failures] == [(5, lay.motion_path(names[5]))]
+    assert failures[0].reason.startswith("unreadable .npy (cannot parse the header")
+    assert sorted(loaded) == [i for i in range(24) if i != 5]
+
+
 def test_resume_from_a_subset(dataset):
     mean, std = load_stats(dataset.layout.mean_file, dataset.layout.std_file, 272)
     entries = preflight(dataset.layout, dataset.names, 272, UNIT).entries

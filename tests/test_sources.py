@@ -208,6 +208,22 @@ def test_preflight_reports_every_defect_at_once(dataset):
     assert all(str(p) in message for p in pf.problems)
 
 
+def unclosed_header(path) -> None:
+    """The .npy at `path` with its header dict's closing brace gone: numpy's header parser then
+    raises tokenize.TokenError, neither a ValueError nor a SyntaxError."""
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(raw.replace(b"}", b" ", 1))
+
+
+def test_an_unparsable_npy_header_is_a_problem_not_a_crash(dataset):
+    lay, names = dataset.layout, dataset.names
+    unclosed_header(lay.motion_path(names[3]))
+    pf = preflight(lay, names, 272, UNIT)
+    assert [(p.name, p.path) for p in pf.problems] == [(names[3], lay.motion_path(names[3]))]
+    assert pf.problems[0].reason.startswith("unreadable .npy (cannot parse the header")
+    assert len(pf.entries) == len(names) - 1
+
+
 def test_preflight_problems_in_split_order(dataset):
     lay, names = dataset.layout, dataset.names
     for name in (names[20], names[3], names[11]):

@@ -143,7 +143,7 @@ def _load_one(path: str, frames: int, scratch: np.ndarray, mean, std,
         return "missing motion file"
     except NotARegularFile as exc:
         return exc.reason
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError) as exc:
         return f"unreadable .npy ({one_line_reason(exc)})"
     length = len(out)
     normalize(motion[:length], mean, std, out=out)

@@ -12,6 +12,7 @@ import io
 import os
 import re
 import stat
+import tokenize
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -320,12 +321,14 @@ def _parse_npy_header(raw: bytes) -> tuple[tuple, np.dtype, bool]:
     reading the file."""
     f = io.BytesIO(raw)
     version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
+    if version not in ((1, 0), (2, 0)):
         raise ValueError(f"unsupported .npy format version {version}")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    try:
+        shape, fortran, dtype = read_header(f)
+    except (SyntaxError, tokenize.TokenError) as exc:  # numpy re-tokenizes a header it cannot eval
+        raise ValueError(f"cannot parse the header ({exc})") from None
     return shape, dtype, fortran
 
 
@@ -355,7 +358,7 @@ def _motion_problem(path: str, input_dim: int, unit_length: int) -> tuple[int, s
         return 0, "missing motion file"
     except NotARegularFile as exc:
         return 0, exc.reason
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError) as exc:
         return 0, f"unreadable .npy ({one_line_reason(exc)})"
     if dtype.kind != "f" or dtype.itemsize > 8:  # float128: the original's torch takes no wider
         return 0, f"dtype {dtype} is not a float type of at most 64 bits"
