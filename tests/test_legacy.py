@@ -441,3 +441,93 @@ def test_a_code_file_declaring_more_than_it_holds_is_refused(tmp_path):
     fails("import", "--store", tmp_path / "s.zarr", "--codes-dir", codes, "--texts-dir", texts,
           "--split", tmp_path / "split.txt", "--codebook-size", 8, says="truncated .npy")
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files: each reader catches exactly what its parser raises, and nothing escapes that
+
+PICKLE_SAMPLE = {"text_data": {"a": ["x\n", "y"]}, "file_names": ["a"],
+                 "code_data": {"a": np.arange(6, dtype=np.int32).reshape(1, 6)}}
+
+
+def outcomes_of(read, path, copies) -> set:
+    """Feed each damaged copy through `read(path)`: 'read', or 'refused' for a LegacyFormatError
+    naming the file; anything else propagates and fails the test."""
+    from tokstore.legacy import LegacyFormatError
+
+    seen = set()
+    for data in copies:
+        path.write_bytes(data)
+        try:
+            read(path)
+            seen.add("read")
+        except LegacyFormatError as exc:
+            assert str(path) in str(exc)
+            seen.add("refused")
+    return seen
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_damaged_pickle_loads_or_is_a_legacy_format_error(tmp_path, protocol):
+    from file_mutations import damaged_copies
+
+    from tokstore.legacy import safe_load_pickle
+
+    # (seed=protocol gave protocol 5 a LONG_BINPUT of index 680,825,748, for which CPython's
+    # unpickler grows its memo table to 5 GB: a memory problem of its own, not an exception one)
+    copies = damaged_copies(pickle.dumps(PICKLE_SAMPLE, protocol=protocol), 150, seed=protocol + 10)
+    assert outcomes_of(safe_load_pickle, tmp_path / "all_data.pkl", copies) == {"read", "refused"}
+
+
+def test_a_damaged_prob_file_or_code_file_is_a_legacy_format_error(tmp_path):
+    from file_mutations import damaged_copies
+
+    from tokstore.legacy import _legacy_samples_from_dirs, load_prob
+
+    prob = tmp_path / "prob.pth"
+    torch.save(legacy_probs(np.arange(10)), prob)
+    assert outcomes_of(load_prob, prob, damaged_copies(prob.read_bytes(), 300, seed=2)) == {
+        "read", "refused"}
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("a caption\n")
+    (tmp_path / "codes").mkdir()
+    code_file = tmp_path / "codes" / "a.npy"
+    np.save(code_file, np.arange(6, dtype=np.int64).reshape(1, 6))
+    copies = damaged_copies(code_file.read_bytes(), 300, seed=3)
+    read = lambda path: list(_legacy_samples_from_dirs(path.parent, tmp_path / "texts", ["a"]))  # noqa: E731
+    assert outcomes_of(read, code_file, copies) == {"read", "refused"}
+
+
+def test_a_failed_cleanup_warns_and_keeps_the_error_that_caused_it(tmp_path, monkeypatch):
+    """An import stopped half-way removes its new store; when even that fails, the import's own
+    error still propagates, with a LeftoverFileWarning naming what was left."""
+    import shutil
+
+    import tokstore.legacy as legacy
+
+    payload = tmp_path / "all_data.pkl"
+    payload.write_bytes(pickle.dumps({
+        "text_data": {"a": ["x\n"], "b": ["y\n"]}, "file_names": ["a", "b"],
+        "code_data": {"a": np.zeros((1, 2), np.int32), "b": np.zeros((1, 2), np.int64)}}))
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    store = tmp_path / "store"
+    with pytest.warns(legacy.LeftoverFileWarning, match=f"{store} is left behind: removing it "
+                      "after LegacyFormatError failed"), \
+            pytest.raises(legacy.LegacyFormatError, match="codes are int64, earlier ones int32"):
+        legacy.import_pickle(store, payload, codebook_size=8, progress=False)
+    assert store.exists()
+
+    def write_then_fail(f):
+        f.write(b"half")
+        raise ValueError("the writer gave up")
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.warns(legacy.LeftoverFileWarning, match=r"\.tokstore-.*\.tmp is left behind"), \
+            pytest.raises(ValueError, match="the writer gave up"):
+        legacy.replace_atomically(tmp_path / "out.pkl", write_then_fail)
+    assert not (tmp_path / "out.pkl").exists()

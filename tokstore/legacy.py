@@ -9,12 +9,12 @@ Formats: ../shared/spec/legacy-formats.md.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,12 +26,20 @@ from tokstore.errors import TokstoreError
 from tokstore.sources import name_problem, open_regular, read_captions, read_npy_header, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
+from vqvae.checkpoint import TORCH_LOAD_ERRORS
 
 LEGACY_DTYPES = ("int32", "int64")   # FSQ models write int32, codebook (ema_reset) models int64
 PICKLE_PROTOCOL = 4                  # what the original's pickle.dump wrote (Python 3.8-3.13 default)
 IMPORT_BATCH = 512                   # samples handed to store.append at once
 SAVE_THREADS = 8                     # export-npy: file creation waits on the file system, not the CPU
 SAVE_WINDOW = 256                    # export-npy: samples read ahead of the writer threads
+# What unpickling a damaged or hostile file through RestrictedUnpickler raises besides its own
+# refusals (found by feeding it truncated, bit-flipped and spliced pickles of every protocol):
+# truncation (UnpicklingError, EOFError), bad text or numbers (ValueError), opcodes applied to the
+# wrong objects (TypeError, AttributeError, KeyError, IndexError), absurd declared frame lengths
+# (OverflowError, MemoryError) and nesting deeper than the array rebuild can follow.
+PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                 LookupError, OverflowError, MemoryError, RecursionError)
 
 
 class LegacyFormatError(TokstoreError):
@@ -40,6 +48,10 @@ class LegacyFormatError(TokstoreError):
 
 class UnsafePickleError(LegacyFormatError):
     """A pickle that references something beyond numpy arrays and builtin containers."""
+
+
+class LeftoverFileWarning(RuntimeWarning):
+    """A failed export or import could not remove what it had half written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,12 +86,23 @@ def replace_atomically(out_file: str | Path, write) -> Path:
             write(f)
         os.replace(tmp, out_file)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove_while_failing(exc, os.unlink, tmp)
         if isinstance(exc, OSError) and exc.filename in (tmp, None):
             exc.filename, exc.filename2 = str(out_file), None  # name the file the user gave
         raise
     return out_file
+
+
+def _remove_while_failing(failure: BaseException, remove, path) -> None:
+    """Clean up `path` while `failure` propagates (the caller re-raises it); should the removal
+    fail too, warn (LeftoverFileWarning) rather than replace `failure` or stay quiet."""
+    try:
+        remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        warnings.warn(f"{path} is left behind: removing it after {type(failure).__name__} failed "
+                      f"({exc})", LeftoverFileWarning, stacklevel=3)
 
 
 def outside_store(store, out: str | Path) -> Path:
@@ -114,8 +137,7 @@ def _save_npy(path: Path, codes: np.ndarray) -> None:
         with os.fdopen(fd, "wb") as f:
             np.save(f, codes)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # never leave a truncated code file behind
+        _remove_while_failing(exc, os.unlink, path)  # never leave a truncated code file behind
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)  # a full disk says which file it stopped
         raise
@@ -136,7 +158,7 @@ def load_prob(path: str | Path) -> torch.Tensor:
             prob = torch.load(f, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, TokstoreError):
         raise
-    except Exception as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise LegacyFormatError(f"{path}: not a torch-saved probability tensor ({exc})") from None
     if not isinstance(prob, torch.Tensor) or prob.dtype != torch.float32 or prob.dim() != 1 \
             or len(prob) < 3:
@@ -277,7 +299,7 @@ def safe_load_pickle(path: str | Path):
             return RestrictedUnpickler(f).load()
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{path}: {exc}") from None
-        except Exception as exc:
+        except (LegacyFormatError, *PICKLE_ERRORS) as exc:
             raise LegacyFormatError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") \
                 from None
 
@@ -428,7 +450,7 @@ def _legacy_samples_from_dirs(codes_dir: Path, texts_dir: Path, names: list[str]
             codes = _load_npy(code_path)
         except (FileNotFoundError, PermissionError, TokstoreError):
             raise
-        except Exception as exc:
+        except (OSError, ValueError) as exc:  # what np.load raises past a checked header
             raise LegacyFormatError(f"{code_path}: not a readable .npy file ({exc})") from None
         text_path = legacy_file(texts_dir, name, ".txt")
         try:
@@ -476,11 +498,8 @@ def _write_store(store_path, samples, total: int, codebook_size: int, backend: s
                     f"{len(prob)} entries (written for another split or model?)")
             store.update_meta({"legacy_code_dtype": dtype})
             store.commit()
-    except BaseException:
-        if store_path.is_dir():
-            shutil.rmtree(store_path, ignore_errors=True)
-        elif store_path.exists():
-            store_path.unlink()
+    except BaseException as exc:  # the half-made store goes; the error that stopped it stays
+        _remove_while_failing(exc, shutil.rmtree if store_path.is_dir() else os.unlink, store_path)
         raise
     return store_path
 

@@ -6,7 +6,9 @@ reads the flags the checkpoint was trained with off its tensor shapes and names 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,16 @@ import torch
 
 from .config import FSQ_LEVELS, VQVAEConfig, VQVAEError, flag_name
 from .model import VQVAE
+
+# What torch.load(weights_only=True) raises for a file that is not a checkpoint, is damaged or is
+# hostile, as found by feeding torch 2.x truncated, bit-flipped and spliced checkpoints of both
+# formats: the weights-only unpickler's refusals (UnpicklingError), the zip reader's RuntimeError,
+# a short file's EOFError, and what half-valid records make torch's rebuild code raise (bad UTF-8
+# or numbers: ValueError; a dangling memo or storage key: KeyError, IndexError, AssertionError;
+# struct.error; a rebuild call given the wrong arguments: TypeError, AttributeError). OSError: the
+# file could not be read at all.
+TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError,
+                     AssertionError, struct.error, TypeError, AttributeError, OSError)
 
 
 class CheckpointMismatchError(VQVAEError):
@@ -54,7 +66,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch warns about the very pickles it then refuses
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle error, a zip error, an unsafe global: all mean "cannot trust/read"
+    except TORCH_LOAD_ERRORS as exc:  # each means "cannot read or cannot trust this file"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VQVAEError(f"cannot load {path} as a torch checkpoint with weights_only=True "
                          f"(not a checkpoint, or it holds more than tensors): {first_line}") from None
