@@ -276,9 +276,11 @@ def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) 
             fresh = engine.encode_one(motion).astype(np.int64)
         else:  # an inexact build's codes, as its device computes them (CPU: on one thread)
             x = torch.from_numpy(motion)[None].to(model.device)
-            on_cpu = model.device.type == "cpu"
-            fresh = (engine.threads.submit(_fast, model, x, precision).result() if on_cpu
-                     else _fast(model, x, precision)).astype(np.int64)
+            if model.device.type == "cpu":
+                fresh = engine.threads.submit(_encode_inexact, model, x, precision).result()
+            else:
+                fresh = _encode_inexact(model, x, precision)
+            fresh = fresh.astype(np.int64)
         stored = sample.codes.astype(np.int64)
         overlap = min(len(stored), len(fresh))
         same = int((stored[:overlap] == fresh[:overlap]).sum())
@@ -292,7 +294,8 @@ def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) 
     return result
 
 
-def _fast(model, x, precision: str) -> np.ndarray:
+def _encode_inexact(model, x, precision: str) -> np.ndarray:
+    """One motion's codes as the model computes them at `precision` (no exact re-check)."""
     return model.encode(x, precision, batch_exact=False)[0].cpu().numpy()
 
 

@@ -154,7 +154,7 @@ def _load_one(path: str, frames: int, scratch: np.ndarray, mean, std,
     return None
 
 
-class _BatchLoader:
+class _PlannedBatchDataset:
     """Map-style dataset whose item is one whole planned batch with ONE array: a DataLoader moving
     one tensor per motion between processes manages only ~1,000 files/s."""
 
@@ -193,7 +193,7 @@ class _BatchLoader:
         return i, np.array(ok, np.int64), texts, failures, motions[:len(ok)]
 
 
-def _as_is(item):
+def _uncollated(item):
     """DataLoader collate_fn keeping the worker's numpy array: pickled down a pipe, it needs no
     /dev/shm (often 64 MB in containers, less than a batch); on 2 cores no slower than a tensor."""
     return item
@@ -214,10 +214,10 @@ def iter_batches(entries: list[Entry], mean: np.ndarray, std: np.ndarray, unit_l
     plan = plan_batches(entries, batch_frames, window)
     last_batch_of_window = {b.window_id: i for i, b in enumerate(plan.batches)}
     # the statistics in their own dtypes: the original normalizes with numpy's promotion of them
-    dataset = _BatchLoader(entries, plan, np.asarray(mean), np.asarray(std))
+    dataset = _PlannedBatchDataset(entries, plan, np.asarray(mean), np.asarray(std))
     # workers end with this process and hold none of its locks (the store's): see lifetime.py
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=4 if workers else None,
+                        collate_fn=_uncollated, prefetch_factor=4 if workers else None,
                         worker_init_fn=functools.partial(worker_init, os.getpid()) if workers
                         else None)
     batches = iter(loader)

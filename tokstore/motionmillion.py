@@ -161,7 +161,7 @@ class MotionMillionDataset(Dataset):
         return dtype
 
     def _store(self):
-        local = self._local.here()
+        local = self._local.for_this_process()
         if not local:
             from . import TokenStore
 

@@ -97,7 +97,8 @@ class _PerProcess:
     def __init__(self):
         self._pid, self._values = None, {}
 
-    def here(self) -> dict:
+    def for_this_process(self) -> dict:
+        """The dict of this process's values: empty at first in every process."""
         if self._pid != os.getpid():
             self._pid, self._values = os.getpid(), {}
         return self._values
@@ -316,7 +317,7 @@ class CodeDataset(Dataset):
 
     def _opened(self):
         """This process's store and generator, made on first use in each process."""
-        local = self._local.here()
+        local = self._local.for_this_process()
         if "ready" not in local:   # set last: another thread may read while this one sets up
             from . import TokenStore
 
@@ -548,7 +549,7 @@ class CodeCollator:
     def __call__(self, items: Sequence[CodeItem]) -> CodeBatch:
         drops = None
         if self.augment:
-            local = self._local.here()
+            local = self._local.for_this_process()
             if not local:
                 local["rng"] = _process_rng(self.seed, AUGMENT_STREAM)
             drops = drop_choices(len(items), local["rng"])
