@@ -1,4 +1,4 @@
-"""Damaged copies of a file's bytes, for tests that feed readers of untrusted files what a bad
+"""Damaged copies of a file's bytes, and what a reader makes of them, for tests that feed readers of untrusted files what a bad
 disk, a cut-off download or a hostile hand could give them."""
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def damaged_copies(data: bytes, count: int, seed: int = 0) -> Iterator[bytes]:
             else:
                 del damaged[at:at + rng.randint(1, 8)]
         yield bytes(damaged)
+
+
+def outcomes_of(read, path, copies, refusal: type[Exception]) -> set[str]:
+    """Write each damaged copy to `path` and call `read(path)`: "read", or "refused" for a
+    `refusal` naming the file; any other exception propagates and fails the calling test."""
+    seen = set()
+    for data in copies:
+        path.write_bytes(data)
+        try:
+            read(path)
+            seen.add("read")
+        except refusal as exc:
+            assert str(path) in str(exc), exc
+            seen.add("refused")
+    return seen

@@ -450,44 +450,28 @@ PICKLE_SAMPLE = {"text_data": {"a": ["x\n", "y"]}, "file_names": ["a"],
                  "code_data": {"a": np.arange(6, dtype=np.int32).reshape(1, 6)}}
 
 
-def outcomes_of(read, path, copies) -> set:
-    """Feed each damaged copy through `read(path)`: 'read', or 'refused' for a LegacyFormatError
-    naming the file; anything else propagates and fails the test."""
-    from tokstore.legacy import LegacyFormatError
-
-    seen = set()
-    for data in copies:
-        path.write_bytes(data)
-        try:
-            read(path)
-            seen.add("read")
-        except LegacyFormatError as exc:
-            assert str(path) in str(exc)
-            seen.add("refused")
-    return seen
-
-
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_a_damaged_pickle_loads_or_is_a_legacy_format_error(tmp_path, protocol):
-    from file_mutations import damaged_copies
+    from file_mutations import damaged_copies, outcomes_of
 
-    from tokstore.legacy import safe_load_pickle
+    from tokstore.legacy import LegacyFormatError, safe_load_pickle
 
     # (seed=protocol gave protocol 5 a LONG_BINPUT of index 680,825,748, for which CPython's
     # unpickler grows its memo table to 5 GB: a memory problem of its own, not an exception one)
     copies = damaged_copies(pickle.dumps(PICKLE_SAMPLE, protocol=protocol), 150, seed=protocol + 10)
-    assert outcomes_of(safe_load_pickle, tmp_path / "all_data.pkl", copies) == {"read", "refused"}
+    assert outcomes_of(safe_load_pickle, tmp_path / "all_data.pkl", copies,
+                       LegacyFormatError) == {"read", "refused"}
 
 
 def test_a_damaged_prob_file_or_code_file_is_a_legacy_format_error(tmp_path):
-    from file_mutations import damaged_copies
+    from file_mutations import damaged_copies, outcomes_of
 
-    from tokstore.legacy import _legacy_samples_from_dirs, load_prob
+    from tokstore.legacy import LegacyFormatError, _legacy_samples_from_dirs, load_prob
 
     prob = tmp_path / "prob.pth"
     torch.save(legacy_probs(np.arange(10)), prob)
-    assert outcomes_of(load_prob, prob, damaged_copies(prob.read_bytes(), 300, seed=2)) == {
-        "read", "refused"}
+    copies = damaged_copies(prob.read_bytes(), 300, seed=2)
+    assert outcomes_of(load_prob, prob, copies, LegacyFormatError) == {"read", "refused"}
 
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("a caption\n")
@@ -496,7 +480,7 @@ def test_a_damaged_prob_file_or_code_file_is_a_legacy_format_error(tmp_path):
     np.save(code_file, np.arange(6, dtype=np.int64).reshape(1, 6))
     copies = damaged_copies(code_file.read_bytes(), 300, seed=3)
     read = lambda path: list(_legacy_samples_from_dirs(path.parent, tmp_path / "texts", ["a"]))  # noqa: E731
-    assert outcomes_of(read, code_file, copies) == {"read", "refused"}
+    assert outcomes_of(read, code_file, copies, LegacyFormatError) == {"read", "refused"}
 
 
 def test_a_failed_cleanup_warns_and_keeps_the_error_that_caused_it(tmp_path, monkeypatch):
