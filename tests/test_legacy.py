@@ -487,6 +487,7 @@ def test_a_failed_cleanup_warns_and_keeps_the_error_that_caused_it(tmp_path, mon
     """An import stopped half-way removes its new store; when even that fails, the import's own
     error still propagates, with a LeftoverFileWarning naming what was left."""
     import shutil
+    import warnings
 
     import tokstore.legacy as legacy
 
@@ -497,6 +498,12 @@ def test_a_failed_cleanup_warns_and_keeps_the_error_that_caused_it(tmp_path, mon
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
+
+    (tmp_path / "a_file").write_text("")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no store was made, so there is nothing to warn about
+        with pytest.raises(OSError):
+            legacy.import_pickle(tmp_path / "a_file" / "store", payload, 8, progress=False)
 
     monkeypatch.setattr(shutil, "rmtree", refuse)
     store = tmp_path / "store"

@@ -499,7 +499,10 @@ def _write_store(store_path, samples, total: int, codebook_size: int, backend: s
             store.update_meta({"legacy_code_dtype": dtype})
             store.commit()
     except BaseException as exc:  # the half-made store goes; the error that stopped it stays
-        _remove_while_failing(exc, shutil.rmtree if store_path.is_dir() else os.unlink, store_path)
+        if store_path.is_dir():
+            _remove_while_failing(exc, shutil.rmtree, store_path)
+        elif store_path.exists():
+            _remove_while_failing(exc, os.unlink, store_path)
         raise
     return store_path
 
