@@ -174,9 +174,10 @@ def flag_values(flags: list[str] | str) -> dict:
                                 type=_integer if f.type == "int" else str)
     try:
         given, rest = parser.parse_known_args(tokens)
-    except argparse.ArgumentError as exc:
-        flag = exc.argument_name.partition("/")[0] if exc.argument_name else "model flags"
-        raise VQVAEError(f"model flag {flag}: {exc.message}") from None
+    except argparse.ArgumentError as exc:  # argument_name: the flag's spellings, "/"-joined
+        where = f"model flag {exc.argument_name.partition('/')[0]}" if exc.argument_name \
+            else "model flags"
+        raise VQVAEError(f"{where}: {exc.message}") from None
     if rest:
         spelled = rest[0].partition("=")[0]
         if not spelled.startswith("-"):
