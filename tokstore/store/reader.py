@@ -14,7 +14,7 @@ from hashlib import blake2b
 import numpy as np
 
 from .errors import NameNotFoundError, StoreCorruptError
-from .format import ARRAYS, Record, crc32, name_hashes
+from .format import Record, crc32, name_hashes
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
 
@@ -25,7 +25,7 @@ class StoreReader:
         self._container, self._dtypes = container, dtypes
         self._arrays: dict = {}
         self._loaded: dict = {}
-        for name in ARRAYS:  # metadata only: each must hold its committed length
+        for name in record.arrays:  # metadata only: each must hold its committed length
             self.array(name)
         self.offsets = self.loaded("offsets")
         if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
@@ -38,6 +38,10 @@ class StoreReader:
             length = 2 * self.record.counts_length if name == "counts" else self.record.lengths[name]
             self._arrays[name] = self._container.array(name, self._dtypes[name], length)
         return self._arrays[name]
+
+    def has_array(self, name: str) -> bool:
+        """Whether this commit has the array (optional ones are missing from older stores)."""
+        return name == "counts" or name in self.record.lengths
 
     def loaded(self, name: str) -> np.ndarray:
         """A whole committed array, read-only (offsets, hashes): for a local zarr store, a map of

@@ -13,7 +13,8 @@ import numpy as np
 
 from .errors import CodeRangeError, DuplicateNameError, SampleError
 from . import skipped as skipped_list
-from .format import ARRAYS, Record, crc32, name_hashes
+from .captions import has_caption
+from .format import Record, crc32, name_hashes
 
 FLUSH_BYTES = 64 << 20  # write buffered samples once they hold this much
 
@@ -25,8 +26,9 @@ class StoreWriter:
         self.meta = dict(record.meta)
         self._reader_factory = reader_factory  # committed names, for duplicate confirmation
         self._written = dict(record.lengths)   # what the container holds (>= committed)
-        self._crc = {name: record.checksums[name] for name in ARRAYS}
-        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        self._arrays = record.arrays          # a store made before an optional array stays so
+        self._crc = {name: record.checksums[name] for name in self._arrays}
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._arrays}
         self._pending_bytes = 0
         self._pending_names: list[str] = []
         self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
@@ -69,6 +71,8 @@ class StoreWriter:
             "line_offsets": ends["text"] + np.cumsum(line_lengths),
             "sample_lines": ends["lines"] + np.cumsum(line_counts),
         }
+        if "captioned" in self._pending:
+            staged["captioned"] = np.fromiter(map(has_caption, texts_list), np.uint8, n)
         for name, values in staged.items():
             values = values.astype(self.dtypes[name], copy=False)
             self._pending[name].append(values)
@@ -175,7 +179,7 @@ class StoreWriter:
     # ---- write and commit ----------------------------------------------------------------
     def flush(self):
         """Write buffered samples past the commit point (still invisible to readers)."""
-        for name in ARRAYS:
+        for name in self._arrays:
             if self._pending[name]:
                 values = np.concatenate(self._pending[name])
                 self.container.write(name, self._written[name], values)
