@@ -49,7 +49,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
+from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
+                     StoreWriteError)
 from .format import Record, chunk_length
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -206,6 +207,10 @@ class HDF5Container:
                                                            name).view(dtype), mapped=True)
         chunk_len = dataset.chunks[0]
         if dataset.id.get_create_plist().get_nfilters():  # compressed copy: read through h5py
+            oscalls.warn_fallback(f"hdf5_filters:{self.path}",
+                                  f"tokstore: {self.path}: array {name} is compressed (or "
+                                  f"filtered): it is read through h5py, a chunk at a time, and "
+                                  f"copied into each process", StoreFallbackWarning)
             return ChunkedArray(name, dtype, length, chunk_len,
                                 lambda k: dataset[k * chunk_len:(k + 1) * chunk_len], mapped=False)
         nbytes = chunk_len * dtype.itemsize

@@ -13,7 +13,8 @@ from hashlib import blake2b
 
 import numpy as np
 
-from .errors import NameNotFoundError, StoreCorruptError
+from . import oscalls
+from .errors import NameNotFoundError, StoreCorruptError, StoreFallbackWarning
 from .format import Record, crc32, name_hashes
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
@@ -175,6 +176,10 @@ class StoreReader:
         if "counts" not in self._loaded:
             counts = self.stored_counts().copy()  # a copy: a later commit may rewrite the slot
             if crc32(counts) != self.record.checksums["counts"]:  # damaged (check() says so)
+                oscalls.warn_fallback(f"counts:{self._container.path}",
+                                      f"tokstore: {self._container.path}: the stored code counts "
+                                      f"fail their checksum: counted again from the codes (run "
+                                      f"check() / tokstore verify)", StoreFallbackWarning)
                 counts = self.compute_counts()
             counts.flags.writeable = False
             self._loaded["counts"] = counts

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
+from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
+                     StoreWriteError)
 from .format import RECORD_KEY, Record, chunk_length
 
 LOCK_FILE = "tokstore.lock"
@@ -201,6 +202,12 @@ class ZarrContainer:
 
             return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True,
                                 map_whole=map_whole)
+        if self.dir is not None:  # a local copy in another layout (compressed, ...)
+            oscalls.warn_fallback(f"zarr_layout:{self.path}",
+                                  f"tokstore: {self.path}: array {name} is not in the plain "
+                                  f"layout tokstore writes (raw little-endian chunks): it is read "
+                                  f"through zarr, a chunk at a time (~400 us a sample read) and "
+                                  f"copied into each process", StoreFallbackWarning)
         array = self._zarr_array(name)
         if np.dtype(array.dtype) != dtype or array.ndim != 1 or array.shape[0] < length:
             raise StoreCorruptError(f"{self.path}: {name}: zarr array is {array.dtype}"
