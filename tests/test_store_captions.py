@@ -61,9 +61,9 @@ def test_flags_and_old_format_fallback_agree(tmp_path, monkeypatch, backend):
     want = expected()
     assert 0 < want.sum() < len(want)
     with TokenStore.open(new) as store_new, TokenStore.open(old) as store_old:
-        assert "captioned" in store_new._record.lengths
-        assert "captioned" not in store_old._record.lengths
-        assert np.array_equal(store_new._reader.loaded("captioned"), want.astype(np.uint8))
+        assert "captioned" in store_new._record.array_lengths
+        assert "captioned" not in store_old._record.array_lengths
+        assert np.array_equal(store_new._reader.whole_array("captioned"), want.astype(np.uint8))
         assert np.array_equal(store_new.captioned(), want)
         assert np.array_equal(store_old.captioned(), want)
         assert store_new.check() == [] and store_old.check() == []
@@ -74,7 +74,7 @@ def test_appending_to_an_old_store_keeps_its_format(tmp_path, monkeypatch):
     with TokenStore.open(old, "a") as store:
         store.append(["more"], [np.arange(3)], [["\u3000\n", "x\n"]])
     with TokenStore.open(old) as store:
-        assert "captioned" not in store._record.lengths
+        assert "captioned" not in store._record.array_lengths
         assert not (old / "captioned" / "c").exists()
         assert np.array_equal(store.captioned(), np.append(expected(), True))
         assert store.check() == []

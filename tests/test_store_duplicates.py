@@ -27,12 +27,12 @@ def test_duplicates_are_refused_and_collisions_are_not(tmp_path, monkeypatch, ba
         add(store, [f"a{i}" for i in range(40)])
         store.commit()
         add(store, [f"b{i}" for i in range(40)])  # flushed, not committed
-        with pytest.raises(DuplicateNameError, match=r"'a17' is already in the store \(sample 17\)"):
+        with pytest.raises(DuplicateNameError, match=r"'a17' is already .* \(sample 17\)"):
             add(store, ["new", "a17"])
         with pytest.raises(DuplicateNameError, match=r"'b3' is already in the store \(sample 43\)"):
             add(store, ["b3"])
         add(store, ["new", "c"])
-        with pytest.raises(DuplicateNameError, match=r"'new' is already in the store \(sample 80\)"):
+        with pytest.raises(DuplicateNameError, match=r"'new' is already .* \(sample 80\)"):
             add(store, ["new"])
         assert len(store) == 40
     with TokenStore.open(path, "a") as store:

@@ -20,13 +20,14 @@ def has_caption(lines) -> bool:
 def captioned(reader) -> np.ndarray:
     """Per sample: has it a caption line that keeps something after str.strip()?"""
     if reader.has_array("captioned"):
-        return reader.loaded("captioned").astype(bool)
+        return reader.whole_array("captioned").astype(bool)
     return captioned_from_text(reader)
 
 
 def captioned_from_text(reader) -> np.ndarray:
     """The same answer from the caption lines themselves (stores without the flags; check())."""
-    line_offsets, sample_lines = reader.loaded("line_offsets"), reader.loaded("sample_lines")
+    line_offsets = reader.whole_array("line_offsets")
+    sample_lines = reader.whole_array("sample_lines")
     text = reader.array("text")
     lines = len(line_offsets) - 1
     nonblank = np.zeros(lines, dtype=bool)

@@ -46,11 +46,11 @@ def _mismatch(name: str, want: int, got: int) -> str:
 
 
 def _structure(reader: StoreReader) -> list[str]:
-    lengths, problems = reader.record.lengths, []
+    lengths, problems = reader.record.array_lengths, []
     spans = {**{o: lengths[data] for o, data in SPANS.items()},
              "sample_lines": lengths["line_offsets"] - 1}
     for name, end in spans.items():
-        values = reader.loaded(name)
+        values = reader.whole_array(name)
         if values[0] != 0 or values[-1] != end or np.any(np.diff(values) < 0):
             problems.append(f"{name}: not an increasing run of offsets from 0 to {end}")
     return problems
@@ -76,7 +76,7 @@ def _names(reader: StoreReader) -> list[str]:
 def _text(reader: StoreReader) -> list[str]:
     """UTF-8 throughout, and every line starts on a character boundary."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    bounds = reader.loaded("line_offsets")
+    bounds = reader.whole_array("line_offsets")
     starts = bounds[:-1][np.diff(bounds) > 0]  # first byte of every non-empty line
     problems = []
     for start, block in reader.array("text").blocks():
@@ -92,7 +92,7 @@ def _captioned(reader: StoreReader) -> list[str]:
     """The stored flags (stores that have them) say what the caption lines say."""
     if not reader.has_array("captioned"):
         return []
-    flags = reader.loaded("captioned")
+    flags = reader.whole_array("captioned")
     if flags.size and flags.max() > 1:
         return ["captioned: values other than 0 and 1"]
     if not np.array_equal(flags.astype(bool), captioned_from_text(reader)):

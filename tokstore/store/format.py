@@ -155,7 +155,8 @@ class Record:
     codebook_size: int
     code_dtype: str
     samples: int = 0
-    lengths: dict = field(default_factory=dict)     # committed length of each append-only array
+    array_lengths: dict = field(default_factory=dict)  # committed length of each append-only
+                                                        # array (the record's "lengths")
     checksums: dict = field(default_factory=dict)   # crc32 per array, and of the counts slot
     meta: dict = field(default_factory=dict)
     tokstore_version: str = ""
@@ -165,7 +166,7 @@ class Record:
     @property
     def arrays(self) -> tuple[str, ...]:
         """The append-only arrays this commit has: ARRAYS, and the optional ones it names."""
-        return ARRAYS + tuple(name for name in OPTIONAL_ARRAYS if name in self.lengths)
+        return ARRAYS + tuple(name for name in OPTIONAL_ARRAYS if name in self.array_lengths)
 
     @property
     def end_token(self) -> int:
@@ -199,7 +200,7 @@ class Record:
                   "tokstore_version": self.tokstore_version,
                   "codebook_size": self.codebook_size, "end_token": self.end_token,
                   "pad_token": self.pad_token, "code_dtype": self.code_dtype,
-                  "samples": self.samples, "lengths": dict(self.lengths),
+                  "samples": self.samples, "lengths": dict(self.array_lengths),
                   "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
                   "meta": self.meta}
         if self.skipped is not None:  # records before it keep the list in meta

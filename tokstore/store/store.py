@@ -122,7 +122,7 @@ class TokenStore:
         try:
             if mode == "a":
                 for name in record.arrays:
-                    container.truncate(name, record.lengths[name])
+                    container.truncate(name, record.array_lengths[name])
                 if record.skipped is not None:
                     container.truncate(skipped_list.ARRAY, skipped_list.end(record.skipped))
                 container.start_writing()

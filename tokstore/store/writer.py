@@ -34,14 +34,15 @@ class StoreWriter:
         self.counts = counts.copy()
         self.meta = dict(record.meta)
         self._reader_factory = reader_factory  # committed names, for duplicate confirmation
-        self._written = dict(record.lengths)   # what the container holds (>= committed)
+        self._written = dict(record.array_lengths)   # what the container holds (>= committed)
         self._arrays = record.arrays          # a store made before an optional array stays so
         self._crc = {name: record.checksums[name] for name in self._arrays}
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._arrays}
         self._pending_bytes = 0
         self._pending_names: list[str] = []
-        self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
-                      "text": record.lengths["text"], "lines": record.lengths["line_offsets"] - 1}
+        committed = record.array_lengths
+        self._ends = {"codes": committed["codes"], "names": committed["names"],
+                      "text": committed["text"], "lines": committed["line_offsets"] - 1}
         self._hashes: list | None = None  # [large, recent]: every name hash, sorted; on first use
         self.skipped: list | None = None  # a new skipped list for the next commit
         self.dirty = False
@@ -200,7 +201,7 @@ class StoreWriter:
         self.container.write("counts", self.record.counts_span(slot)[0], self.counts)
         checksums = dict(self._crc, counts=crc32(self.counts))
         region = self._write_skipped()
-        record = replace(self.record, samples=self.samples, lengths=dict(self._written),
+        record = replace(self.record, samples=self.samples, array_lengths=dict(self._written),
                          checksums=checksums, meta=dict(self.meta), counts_slot=slot,
                          skipped=region)
         self.container.write_record(record)  # the commit point
