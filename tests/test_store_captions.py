@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tokstore import TokenStore
+from tokstore.store import captions
 from tokstore.store import format as store_format
 
 CODEBOOK = 100
@@ -54,10 +55,13 @@ def suffix(backend):
     return ".h5" if backend == "hdf5" else ".zarr"
 
 
+@pytest.mark.parametrize("window", [None, 5])  # 5: the text decoded a few bytes at a time
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_flags_and_old_format_fallback_agree(tmp_path, monkeypatch, backend):
+def test_flags_and_old_format_fallback_agree(tmp_path, monkeypatch, backend, window):
     new = build(tmp_path / f"new{suffix(backend)}", backend)
     old = old_format(monkeypatch, tmp_path / f"old{suffix(backend)}", backend)
+    if window:
+        monkeypatch.setattr(captions, "_TEXT_WINDOW", window)
     want = expected()
     assert 0 < want.sum() < len(want)
     with TokenStore.open(new) as store_new, TokenStore.open(old) as store_old:

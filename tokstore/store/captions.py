@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-TEXT_WINDOW = 16 << 20   # caption bytes decoded at a time for stores without the flags
+_TEXT_WINDOW = 16 << 20   # caption bytes decoded at a time for stores without the flags
 
 
 def has_caption(lines) -> bool:
@@ -34,7 +34,7 @@ def captioned_from_text(reader) -> np.ndarray:
     nonblank = np.zeros(lines, dtype=bool)
     first = 0
     while first < lines:                  # windows of whole lines
-        last = int(np.searchsorted(line_offsets, line_offsets[first] + TEXT_WINDOW, "right")) - 1
+        last = int(np.searchsorted(line_offsets, line_offsets[first] + _TEXT_WINDOW, "right")) - 1
         last = min(max(last, first + 1), lines)
         base = int(line_offsets[first])
         window = text.read(base, int(line_offsets[last])).tobytes()
