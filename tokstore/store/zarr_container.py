@@ -4,7 +4,8 @@ Writes go through zarr-python. Reads of a local directory skip it: each array's 
 parsed here and, when the layout is the plain one tokstore writes (regular 1-D chunks, the bytes
 codec, little-endian, no compression), chunk files are memory-mapped, so that reading one
 sample costs a numpy slice instead of a zarr call (~400 us). Anything else -- URLs, compressed
-copies -- is read through zarr one whole chunk at a time.
+copies -- is read through zarr one whole chunk at a time (a local copy in another layout warns
+once: StoreFallbackWarning).
 
 A local store is created in a temporary directory beside its path and renamed into place once
 its first commit is on disk (a killed creation leaves only that, removed by the next create).
