@@ -480,7 +480,7 @@ def test_local_zarr_offsets_are_a_shared_map_of_the_chunk_files(tmp_path):
         store.append([f"s{i}" for i in range(n)], codes, [[]] * n)
     expected = np.concatenate([[0], np.cumsum([len(c) for c in codes])])
     with TokenStore.open(path) as store:
-        offsets = store._reader.loaded("offsets")
+        offsets = store._reader.whole_array("offsets")
         assert np.array_equal(offsets, expected) and not offsets.flags.writeable
         assert not offsets.flags.owndata and offsets.base is not None
         chunk_files = [np.fromfile(path / "offsets" / "c" / str(k), "<i8") for k in range(4)]
@@ -489,7 +489,7 @@ def test_local_zarr_offsets_are_a_shared_map_of_the_chunk_files(tmp_path):
     with TokenStore.open(path, mode="a") as store:
         store.append(["late"], [np.arange(7)], [["x\n"]])
     with TokenStore.open(path) as store:
-        offsets = store._reader.loaded("offsets")
+        offsets = store._reader.whole_array("offsets")
         assert len(offsets) == n + 2 and offsets[-1] == expected[-1] + 7
         assert not offsets.flags.owndata and np.array_equal(offsets[:n + 1], expected)
         assert store.texts(n) == ["x\n"] and store.check() == []
@@ -498,7 +498,7 @@ def test_local_zarr_offsets_are_a_shared_map_of_the_chunk_files(tmp_path):
 def test_tiny_chunks_fall_back_to_a_read_only_copy(tmp_path):
     path = build(tmp_path / "store.zarr", "zarr")  # 64-byte chunks: not page-aligned
     with TokenStore.open(path) as store:
-        offsets = store._reader.loaded("offsets")
+        offsets = store._reader.whole_array("offsets")
         assert offsets.flags.owndata and not offsets.flags.writeable
         assert np.array_equal(offsets, np.concatenate([[0], np.cumsum(store.lengths)]))
         assert_samples(store, 0, N)

@@ -56,7 +56,7 @@ class SampleBatch:
         return self._codes
 
     def names(self) -> list[str]:
-        starts, stops = _spans(self._reader.loaded("name_offsets"), self.indices)
+        starts, stops = _spans(self._reader.whole_array("name_offsets"), self.indices)
         raw = _joined(self._reader.array("names"), starts, stops)
         ends = np.cumsum(stops - starts)
         return _decoded(raw, ends - (stops - starts), ends, "names")
@@ -64,13 +64,13 @@ class SampleBatch:
     @property
     def line_counts(self) -> np.ndarray:
         """Caption lines per sample (blank lines included)."""
-        first, last = _spans(self._reader.loaded("sample_lines"), self.indices)
+        first, last = _spans(self._reader.whole_array("sample_lines"), self.indices)
         return last - first
 
     def texts(self) -> list[list[str]]:
         """Each sample's caption lines verbatim ('\\n' and blank lines kept)."""
-        first, last = _spans(self._reader.loaded("sample_lines"), self.indices)
-        line_offsets = self._reader.loaded("line_offsets")
+        first, last = _spans(self._reader.whole_array("sample_lines"), self.indices)
+        line_offsets = self._reader.whole_array("line_offsets")
         counts = last - first
         byte_starts, byte_stops = line_offsets[first], line_offsets[last]
         raw = _joined(self._reader.array("text"), byte_starts, byte_stops)

@@ -5,8 +5,9 @@ import codecs
 
 import numpy as np
 
+from .captions import captioned_from_text
 from .errors import StoreCorruptError
-from .format import ARRAYS, crc32, name_hashes
+from .format import crc32, name_hashes
 from .reader import StoreReader
 
 # offsets array -> (array it indexes, where its last entry must land)
@@ -16,7 +17,7 @@ SPANS = {"offsets": "codes", "name_offsets": "names", "line_offsets": "text"}
 def check_store(reader: StoreReader) -> list[str]:
     problems = _checksums(reader)
     for name, step in (("structure", _structure), ("codes", _code_range), ("names", _names),
-                       ("text", _text), ("counts", _counts)):
+                       ("text", _text), ("captioned", _captioned), ("counts", _counts)):
         try:
             problems += step(reader)
         except (StoreCorruptError, ValueError, IndexError, UnicodeDecodeError) as exc:
@@ -26,7 +27,7 @@ def check_store(reader: StoreReader) -> list[str]:
 
 def _checksums(reader: StoreReader) -> list[str]:
     problems = []
-    for name in ARRAYS:
+    for name in reader.record.arrays:
         want = reader.record.checksums[name]
         try:
             got = 0
@@ -45,11 +46,11 @@ def _mismatch(name: str, want: int, got: int) -> str:
 
 
 def _structure(reader: StoreReader) -> list[str]:
-    lengths, problems = reader.record.lengths, []
+    lengths, problems = reader.record.array_lengths, []
     spans = {**{o: lengths[data] for o, data in SPANS.items()},
              "sample_lines": lengths["line_offsets"] - 1}
     for name, end in spans.items():
-        values = reader.loaded(name)
+        values = reader.whole_array(name)
         if values[0] != 0 or values[-1] != end or np.any(np.diff(values) < 0):
             problems.append(f"{name}: not an increasing run of offsets from 0 to {end}")
     return problems
@@ -75,7 +76,7 @@ def _names(reader: StoreReader) -> list[str]:
 def _text(reader: StoreReader) -> list[str]:
     """UTF-8 throughout, and every line starts on a character boundary."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    bounds = reader.loaded("line_offsets")
+    bounds = reader.whole_array("line_offsets")
     starts = bounds[:-1][np.diff(bounds) > 0]  # first byte of every non-empty line
     problems = []
     for start, block in reader.array("text").blocks():
@@ -85,6 +86,18 @@ def _text(reader: StoreReader) -> list[str]:
             problems = ["line_offsets: a caption line starts inside a UTF-8 character"]
     decoder.decode(b"", final=True)
     return problems
+
+
+def _captioned(reader: StoreReader) -> list[str]:
+    """The stored flags (stores that have them) say what the caption lines say."""
+    if not reader.has_array("captioned"):
+        return []
+    flags = reader.whole_array("captioned")
+    if flags.size and flags.max() > 1:
+        return ["captioned: values other than 0 and 1"]
+    if not np.array_equal(flags.astype(bool), captioned_from_text(reader)):
+        return ["captioned: the flags do not match the caption lines"]
+    return []
 
 
 def _counts(reader: StoreReader) -> list[str]:

@@ -81,6 +81,8 @@ class ChunkedArray:
         whole = self._map_whole() if self._map_whole is not None else None
         if whole is not None:
             values = whole.view(self.dtype)[:self.length]
+        elif len(self._chunks) == 1:  # one chunk (a contiguous HDF5 dataset): its view
+            values = self.chunk(0)[:self.length]
         else:
             values = np.concatenate([values for _, values in self.blocks()])
         values.flags.writeable = False

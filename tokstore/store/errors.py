@@ -6,6 +6,12 @@ import errno
 from ..errors import TokstoreError
 
 
+class StoreFallbackWarning(RuntimeWarning):
+    """A store is read a slower or costlier way than its format allows (an array not in the
+    plain layout read through zarr, a damaged counts slot recomputed from the codes): reported
+    once per process and store, the reads still correct."""
+
+
 class StoreError(TokstoreError):
     """Base class of every store error (also: misuse such as writing a read-only store)."""
 

@@ -14,6 +14,10 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
     text          uint8               UTF-8 caption lines, end to end, verbatim ('\\n' kept)
     line_offsets  int64 (lines + 1)   line j is text[line_offsets[j]:line_offsets[j+1]]
     sample_lines  int64 (n + 1)       sample i's lines are lines sample_lines[i]..sample_lines[i+1]-1
+    captioned     uint8 (n)           1 if sample i has a caption line that keeps something after
+                                      str.strip(), else 0: computed from the lines at append time
+                                      (captions.py). Stores made before it lack the array (their
+                                      records name no length for it) and answer from the text.
     counts        int64 (2 * (codebook_size + 2))  two slots of codebook_size + 2 entries (one
                                       chunk each): codes 0..K-1, then the end token (once per
                                       sample), then the pad token (always 0)
@@ -84,7 +88,10 @@ DEFAULT_CHUNK_BYTES = 1 << 19     # 512 KiB: small enough that a commit rewrites
 ARRAYS = ("codes", "offsets", "names", "name_offsets", "name_hashes",
           "text", "line_offsets", "sample_lines")
 FIXED_DTYPES = {"offsets": "<i8", "names": "|u1", "name_offsets": "<i8", "name_hashes": "<u8",
-                "text": "|u1", "line_offsets": "<i8", "sample_lines": "<i8"}
+                "text": "|u1", "line_offsets": "<i8", "sample_lines": "<i8", "captioned": "|u1"}
+# Append-only arrays (one entry per sample) a store may lack, having been made before them; a
+# record that names a length for one has it, and it is then committed and checked like the rest.
+OPTIONAL_ARRAYS = ("captioned",)
 OFFSET_ARRAYS = ("offsets", "name_offsets", "line_offsets", "sample_lines")  # start as [0]
 CODE_DTYPES = ("uint16", "int32", "int64")
 
@@ -109,7 +116,7 @@ def check_code_dtype(code_dtype, codebook_size: int) -> str:
 def array_dtypes(code_dtype: str) -> dict[str, np.dtype]:
     """The dtype of every array, counts included, all little-endian."""
     dtypes = {name: np.dtype(FIXED_DTYPES.get(name, code_dtype)).newbyteorder("<")
-              for name in ARRAYS}
+              for name in (*ARRAYS, *OPTIONAL_ARRAYS)}
     dtypes["counts"] = np.dtype("<i8")
     dtypes["skipped"] = np.dtype("|u1")  # the skipped list, JSON lines (see skipped.py)
     return dtypes
@@ -148,12 +155,18 @@ class Record:
     codebook_size: int
     code_dtype: str
     samples: int = 0
-    lengths: dict = field(default_factory=dict)     # committed length of each append-only array
+    array_lengths: dict = field(default_factory=dict)  # committed length of each append-only
+                                                        # array (the record's "lengths")
     checksums: dict = field(default_factory=dict)   # crc32 per array, and of the counts slot
     meta: dict = field(default_factory=dict)
     tokstore_version: str = ""
     counts_slot: int = 0                            # which half of `counts` this commit wrote
     skipped: dict | None = None                     # where the skipped list lies (skipped.py)
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The append-only arrays this commit has: ARRAYS, and the optional ones it names."""
+        return ARRAYS + tuple(name for name in OPTIONAL_ARRAYS if name in self.array_lengths)
 
     @property
     def end_token(self) -> int:
@@ -174,9 +187,10 @@ class Record:
 
     @classmethod
     def empty(cls, codebook_size: int, code_dtype: str, meta: dict, version: str) -> "Record":
-        lengths = {name: (1 if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
+        every = (*ARRAYS, *OPTIONAL_ARRAYS)  # a new store has them all
+        lengths = {name: (1 if name in OFFSET_ARRAYS else 0) for name in every}
         zero = np.zeros(1, dtype="<i8")
-        checksums = {name: (crc32(zero) if name in OFFSET_ARRAYS else 0) for name in ARRAYS}
+        checksums = {name: (crc32(zero) if name in OFFSET_ARRAYS else 0) for name in every}
         checksums["counts"] = crc32(np.zeros(codebook_size + 2, dtype="<i8"))  # slot 0
         from .skipped import EMPTY
         return cls(codebook_size, code_dtype, 0, lengths, checksums, meta, version, 0, dict(EMPTY))
@@ -186,7 +200,7 @@ class Record:
                   "tokstore_version": self.tokstore_version,
                   "codebook_size": self.codebook_size, "end_token": self.end_token,
                   "pad_token": self.pad_token, "code_dtype": self.code_dtype,
-                  "samples": self.samples, "lengths": dict(self.lengths),
+                  "samples": self.samples, "lengths": dict(self.array_lengths),
                   "checksums": dict(self.checksums), "counts_slot": self.counts_slot,
                   "meta": self.meta}
         if self.skipped is not None:  # records before it keep the list in meta
@@ -235,16 +249,18 @@ class Record:
         if code_dtype not in CODE_DTYPES or np.iinfo(code_dtype).max < size - 1:
             raise ValueError(f"code_dtype is {code_dtype!r}")
         samples = integer(raw["samples"], "samples")
-        lengths = {name: integer(raw["lengths"][name], f"length of {name}") for name in ARRAYS}
+        present = ARRAYS + tuple(name for name in OPTIONAL_ARRAYS if name in raw["lengths"])
+        lengths = {name: integer(raw["lengths"][name], f"length of {name}") for name in present}
         checksums = {name: integer(raw["checksums"][name], f"checksum of {name}")
-                     for name in (*ARRAYS, "counts")}
+                     for name in (*present, "counts")}
         counts_slot = integer(raw["counts_slot"], "counts_slot")
         if counts_slot > 1:
             raise ValueError(f"counts_slot is {counts_slot}, not 0 or 1")
         expected = {"offsets": samples + 1, "name_offsets": samples + 1,
-                    "sample_lines": samples + 1, "name_hashes": samples}
+                    "sample_lines": samples + 1, "name_hashes": samples,
+                    **{name: samples for name in OPTIONAL_ARRAYS}}
         for name, want in expected.items():
-            if lengths[name] != want:
+            if name in lengths and lengths[name] != want:
                 raise ValueError(f"{name} has {lengths[name]} entries for {samples} samples")
         if lengths["line_offsets"] < 1:
             raise ValueError("line_offsets is empty")

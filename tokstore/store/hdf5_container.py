@@ -26,7 +26,10 @@ Why this shape:
    metadata, so every committed chunk is indexed. SWMR readers retry metadata that fails its
    checksum (HDF5: 100 times, with back-off that makes a truncated file hang for hours): here
    READ_ATTEMPTS. Chunk byte offsets are looked up once per array, and raw chunks are
-   memory-mapped there: reads make no HDF5 call (also none in forked workers).
+   memory-mapped there: reads make no HDF5 call (also none in forked workers). A contiguous
+   dataset (a repacked copy) is one range of that map, so its whole offset array is shared
+   through the page cache; the chunks of a chunked one lie apart in the file, so `read_all()`
+   of a chunked offset array is a copy in each process (HDF5 stores as written).
  - A new store is written to a temporary file beside its path and renamed into place after its
    first commit, in SWMR mode: a build killed while creating leaves no half store.
 """
@@ -46,7 +49,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
+from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
+                     StoreWriteError)
 from .format import Record, chunk_length
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -193,11 +197,20 @@ class HDF5Container:
             raise StoreCorruptError(f"{self.path}: {name}: HDF5 dataset is {dataset.dtype}"
                                     f"{list(dataset.shape)}, "
                                     f"the commit needs {dtype.name}[{length}]")
-        if dataset.chunks is None:  # contiguous (a repacked copy): one read through h5py
-            return ChunkedArray(name, dtype, length, max(length, 1),
-                                lambda k: dataset[:length], mapped=False)
+        if dataset.chunks is None:  # contiguous (a repacked copy): one range of the file
+            offset = dataset.id.get_offset()
+            if offset is None or length == 0:  # nothing allocated (or external): through h5py
+                return ChunkedArray(name, dtype, length, max(length, 1),
+                                    lambda k: dataset[:length], mapped=False)
+            return ChunkedArray(name, dtype, length, length,
+                                lambda k: self._file_range(offset, length * dtype.itemsize,
+                                                           name).view(dtype), mapped=True)
         chunk_len = dataset.chunks[0]
         if dataset.id.get_create_plist().get_nfilters():  # compressed copy: read through h5py
+            oscalls.warn_fallback(f"hdf5_filters:{self.path}",
+                                  f"tokstore: {self.path}: array {name} is compressed (or "
+                                  f"filtered): it is read through h5py, a chunk at a time, and "
+                                  f"copied into each process", StoreFallbackWarning)
             return ChunkedArray(name, dtype, length, chunk_len,
                                 lambda k: dataset[k * chunk_len:(k + 1) * chunk_len], mapped=False)
         nbytes = chunk_len * dtype.itemsize
@@ -215,14 +228,19 @@ class HDF5Container:
             if offset is None:
                 raise StoreCorruptError(f"{self.path}: {name}: chunk {k} is missing from the "
                                         f"HDF5 file")
-            if self._map is None or offset + nbytes > len(self._map):
-                self._map = map_file(self.path)  # the file grew since the last map
-            if self._map is None or offset + nbytes > len(self._map):
-                raise StoreCorruptError(f"{self.path}: damaged HDF5 file: chunk {k} of {name} "
-                                        f"lies past the end of the file")
-            return self._map[offset:offset + nbytes].view(dtype)
+            return self._file_range(offset, nbytes, f"chunk {k} of {name}").view(dtype)
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True)
+
+    def _file_range(self, offset: int, nbytes: int, what: str) -> np.ndarray:
+        """Bytes [offset, offset + nbytes) of the file: a view of one read-only map of it, which
+        every process reading the store shares through the page cache."""
+        if self._map is None or offset + nbytes > len(self._map):
+            self._map = map_file(self.path)  # the file grew since the last map
+        if self._map is None or offset + nbytes > len(self._map):
+            raise StoreCorruptError(f"{self.path}: damaged HDF5 file: {what} lies past the end "
+                                    f"of the file")
+        return self._map[offset:offset + nbytes]
 
     def chunk_location(self, name: str, k: int) -> tuple[int, int]:
         """(byte offset, size) of chunk k in the file: for tests that damage a chunk."""

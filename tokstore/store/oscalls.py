@@ -78,11 +78,12 @@ O_BINARY = getattr(os, "O_BINARY", 0)  # Windows opens descriptors in text mode 
 _WARNED: set[str] = set()  # the kinds of fallback already reported in this process
 
 
-def warn_fallback(kind: str, message: str) -> None:
-    """Warn about a fallback, once per process and kind."""
+def warn_fallback(kind: str, message: str, category: type = PlatformFallbackWarning) -> None:
+    """Warn about a fallback, once per process and kind (the store's own fallbacks, which are
+    not the platform's, pass StoreFallbackWarning and a kind naming the store)."""
     if kind not in _WARNED:
         _WARNED.add(kind)
-        warnings.warn(message, PlatformFallbackWarning, stacklevel=3)
+        warnings.warn(message, category, stacklevel=3)
 
 # errno values meaning "this file system cannot do that here", not "it failed"
 UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.ENOLCK,

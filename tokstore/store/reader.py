@@ -13,8 +13,9 @@ from hashlib import blake2b
 
 import numpy as np
 
-from .errors import NameNotFoundError, StoreCorruptError
-from .format import ARRAYS, Record, crc32, name_hashes
+from . import oscalls
+from .errors import NameNotFoundError, StoreCorruptError, StoreFallbackWarning
+from .format import Record, crc32, name_hashes
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
 
@@ -25,23 +26,29 @@ class StoreReader:
         self._container, self._dtypes = container, dtypes
         self._arrays: dict = {}
         self._loaded: dict = {}
-        for name in ARRAYS:  # metadata only: each must hold its committed length
+        for name in record.arrays:  # metadata only: each must hold its committed length
             self.array(name)
-        self.offsets = self.loaded("offsets")
-        if self.offsets[0] != 0 or self.offsets[-1] != record.lengths["codes"]:
+        self.offsets = self.whole_array("offsets")
+        if self.offsets[0] != 0 or self.offsets[-1] != record.array_lengths["codes"]:
             raise StoreCorruptError(f"{container.path}: offsets do not span the "
-                                    f"{record.lengths['codes']} committed codes")
+                                    f"{record.array_lengths['codes']} committed codes")
         self._codes = self.array("codes")
 
     def array(self, name: str):
         if name not in self._arrays:
-            length = 2 * self.record.counts_length if name == "counts" else self.record.lengths[name]
+            length = (2 * self.record.counts_length if name == "counts"
+                      else self.record.array_lengths[name])
             self._arrays[name] = self._container.array(name, self._dtypes[name], length)
         return self._arrays[name]
 
-    def loaded(self, name: str) -> np.ndarray:
-        """A whole committed array, read-only (offsets, hashes): for a local zarr store, a map of
-        its chunk files that processes share; else a copy in memory."""
+    def has_array(self, name: str) -> bool:
+        """Whether this commit has the array (optional ones are missing from older stores)."""
+        return name == "counts" or name in self.record.array_lengths
+
+    def whole_array(self, name: str) -> np.ndarray:
+        """A whole committed array, read-only (offsets, hashes): for a local zarr store, its chunk
+        files mapped side by side, which processes share; an HDF5 dataset in one chunk or
+        contiguous, a view of the file's map; else a copy in memory."""
         if name not in self._loaded:
             self._loaded[name] = self.array(name).read_all()
         return self._loaded[name]
@@ -59,7 +66,7 @@ class StoreReader:
                                  f"{start}..{stop}, outside the {length} committed values")
 
     def name(self, i: int) -> str:
-        bounds = self.loaded("name_offsets")
+        bounds = self.whole_array("name_offsets")
         start, stop = bounds.item(i), bounds.item(i + 1)
         names = self.array("names")
         if not 0 <= start <= stop <= names.length:
@@ -72,12 +79,12 @@ class StoreReader:
                                     f"UTF-8: {exc}") from None
 
     def texts(self, i: int) -> list[str]:
-        first, last = self.loaded("sample_lines")[i:i + 2].tolist()
+        first, last = self.whole_array("sample_lines")[i:i + 2].tolist()
         if first == last:
             return []
-        bounds = self.loaded("line_offsets")[first:last + 1].tolist()
+        bounds = self.whole_array("line_offsets")[first:last + 1].tolist()
         text = self.array("text")
-        if not (0 <= first < last < self.record.lengths["line_offsets"]
+        if not (0 <= first < last < self.record.array_lengths["line_offsets"]
                 and 0 <= bounds[0] and bounds == sorted(bounds) and bounds[-1] <= text.length):
             raise self._damaged("sample_lines/line_offsets", i, first, last, text.length)
         raw = text.read(bounds[0], bounds[-1]).tobytes()
@@ -106,7 +113,7 @@ class StoreReader:
     def names(self) -> list[str]:
         if "name_list" not in self._loaded:
             raw = self.array("names").read_all().tobytes()
-            bounds = self.loaded("name_offsets").tolist()
+            bounds = self.whole_array("name_offsets").tolist()
             try:
                 if raw.isascii():  # the usual case: decode once, slice the str
                     whole = raw.decode("ascii")
@@ -120,7 +127,7 @@ class StoreReader:
         return self._loaded["name_list"]
 
     def name_hashes(self) -> np.ndarray:
-        return self.loaded("name_hashes")
+        return self.whole_array("name_hashes")
 
     def _name_index(self):
         """Hashes sorted, the sample of each, and where each value of a hash's top bits starts
@@ -135,7 +142,7 @@ class StoreReader:
             tops = np.arange(2 ** bits, dtype=np.uint64) << np.uint64(64 - bits)
             starts = np.append(np.searchsorted(sorted_hashes, tops), self.n)
             order = order.astype(np.int32 if self.n < 2**31 else np.int64)
-            offsets = self.loaded("name_offsets")
+            offsets = self.whole_array("name_offsets")
             hashes_view, order_view, offsets_view = (
                 memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
                            .view(np.uint8)).cast(a.dtype.char)
@@ -171,6 +178,10 @@ class StoreReader:
         if "counts" not in self._loaded:
             counts = self.stored_counts().copy()  # a copy: a later commit may rewrite the slot
             if crc32(counts) != self.record.checksums["counts"]:  # damaged (check() says so)
+                oscalls.warn_fallback(f"counts:{self._container.path}",
+                                      f"tokstore: {self._container.path}: the stored code counts "
+                                      f"fail their checksum: counted again from the codes (run "
+                                      f"check() / tokstore verify)", StoreFallbackWarning)
                 counts = self.compute_counts()
             counts.flags.writeable = False
             self._loaded["counts"] = counts
@@ -212,7 +223,8 @@ class StoreReader:
         """Which samples have a caption line containing `needle` (ASCII case-insensitive)."""
         hits = np.zeros(self.n, dtype=bool)
         wanted = needle.encode("utf-8")
-        line_offsets, sample_lines = self.loaded("line_offsets"), self.loaded("sample_lines")
+        line_offsets = self.whole_array("line_offsets")
+        sample_lines = self.whole_array("sample_lines")
         if not wanted:
             hits[:] = True
             return hits

@@ -11,7 +11,7 @@ from .batch import SampleBatch
 from .captions import captioned
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreCorruptError, StoreError
-from .format import (ARRAYS, DEFAULT_CHUNK_BYTES, FORMAT_VERSION, OFFSET_ARRAYS, Record,
+from .format import (DEFAULT_CHUNK_BYTES, FORMAT_VERSION, OFFSET_ARRAYS, Record,
                      array_dtypes, check_code_dtype, default_code_dtype, json_safe, probabilities)
 from .hdf5_container import HDF5Container
 from .reader import StoreReader
@@ -121,8 +121,8 @@ class TokenStore:
         container, record = container_type.open(path, writable=mode == "a", rollback=rollback)
         try:
             if mode == "a":
-                for name in ARRAYS:
-                    container.truncate(name, record.lengths[name])
+                for name in record.arrays:
+                    container.truncate(name, record.array_lengths[name])
                 if record.skipped is not None:
                     container.truncate(skipped_list.ARRAY, skipped_list.end(record.skipped))
                 container.start_writing()

@@ -4,6 +4,14 @@ commit record.
 
 A failed `append` changes nothing. Buffered samples go to the container in large pieces (a small
 append would otherwise rewrite the last chunk of every array), at the latest at `commit`.
+
+Duplicate names are found through every sample's blake2b-64 name hash (8 bytes a sample) kept
+sorted in two arrays: each batch's sorted hashes are merged into the small recent one, which is
+merged into the large one once it passes an eighth of it (so that an append of a few hundred
+names does not copy millions). A hash already there is confirmed by comparing the names
+themselves (hashes may collide); the sample holding it is looked up only then. At 2M names this
+holds half the memory of the sorted runs of (hash, sample) merged LSM-style it replaced, at the
+same append rate or better (benchmarks/duplicate_check.py, RESULTS.md).
 """
 from __future__ import annotations
 
@@ -13,9 +21,11 @@ import numpy as np
 
 from .errors import CodeRangeError, DuplicateNameError, SampleError
 from . import skipped as skipped_list
-from .format import ARRAYS, Record, crc32, name_hashes
+from .captions import has_caption
+from .format import Record, crc32, name_hashes
 
 FLUSH_BYTES = 64 << 20  # write buffered samples once they hold this much
+RECENT_HASHES = 1 << 16  # the recent name hashes are merged into the rest past this (or 1/8)
 
 
 class StoreWriter:
@@ -24,14 +34,16 @@ class StoreWriter:
         self.counts = counts.copy()
         self.meta = dict(record.meta)
         self._reader_factory = reader_factory  # committed names, for duplicate confirmation
-        self._written = dict(record.lengths)   # what the container holds (>= committed)
-        self._crc = {name: record.checksums[name] for name in ARRAYS}
-        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        self._written = dict(record.array_lengths)   # what the container holds (>= committed)
+        self._arrays = record.arrays          # a store made before an optional array stays so
+        self._crc = {name: record.checksums[name] for name in self._arrays}
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._arrays}
         self._pending_bytes = 0
         self._pending_names: list[str] = []
-        self._ends = {"codes": record.lengths["codes"], "names": record.lengths["names"],
-                      "text": record.lengths["text"], "lines": record.lengths["line_offsets"] - 1}
-        self._hash_runs = None  # sorted runs of name hashes, built on first use
+        committed = record.array_lengths
+        self._ends = {"codes": committed["codes"], "names": committed["names"],
+                      "text": committed["text"], "lines": committed["line_offsets"] - 1}
+        self._hashes: list | None = None  # [large, recent]: every name hash, sorted; on first use
         self.skipped: list | None = None  # a new skipped list for the next commit
         self.dirty = False
 
@@ -56,7 +68,7 @@ class StoreWriter:
         lines, line_counts = self._encode_texts(names, texts_list)
 
         # Everything is valid: buffer it.
-        n, first = len(names), self.samples
+        n = len(names)
         ends = self._ends
         line_lengths = np.fromiter((len(line) for line in lines), np.int64, len(lines))
         staged = {
@@ -69,6 +81,8 @@ class StoreWriter:
             "line_offsets": ends["text"] + np.cumsum(line_lengths),
             "sample_lines": ends["lines"] + np.cumsum(line_counts),
         }
+        if "captioned" in self._pending:
+            staged["captioned"] = np.fromiter(map(has_caption, texts_list), np.uint8, n)
         for name, values in staged.items():
             values = values.astype(self.dtypes[name], copy=False)
             self._pending[name].append(values)
@@ -80,7 +94,7 @@ class StoreWriter:
         size = self.record.codebook_size
         self.counts[:size] += np.bincount(codes, minlength=size)
         self.counts[self.record.end_token] += n
-        self._add_to_hash_index(hashes, first)
+        self._add_to_hash_index(hashes)
         self._pending_names.extend(names)
         self.dirty = True
         if self._pending_bytes >= FLUSH_BYTES:
@@ -102,40 +116,37 @@ class StoreWriter:
         return encoded
 
     def _check_new_names(self, names, hashes):
-        for sorted_hashes, owners in self._index():
-            first = np.searchsorted(sorted_hashes, hashes, side="left")
-            last = np.searchsorted(sorted_hashes, hashes, side="right")
-            for j in np.flatnonzero(last > first):  # equal hash: almost surely the same name
-                for position in range(first[j], last[j]):
-                    owner = int(owners[position])
-                    if self._name_at(owner) == names[j]:
-                        raise DuplicateNameError(f"sample name {names[j]!r} is already in the "
-                                                 f"store (sample {owner})")
+        for known in self._sorted_hashes():
+            if not len(known):
+                continue
+            found = known[np.minimum(np.searchsorted(known, hashes), len(known) - 1)] == hashes
+            for j in np.flatnonzero(found):  # equal hash: almost surely the same name
+                owner = self._owner(names[j], hashes[j])
+                if owner is not None:
+                    raise DuplicateNameError(f"sample name {names[j]!r} is already in the "
+                                             f"store (sample {owner})")
 
-    def _name_at(self, index: int) -> str:
-        if index >= self.record.samples:
-            return self._pending_names[index - self.record.samples]
-        return self._reader_factory().name(index)
+    def _owner(self, name: str, hash_value) -> int | None:
+        """The sample already named `name`, or None (another name with the same hash)."""
+        reader = self._reader_factory()
+        for index in np.flatnonzero(reader.name_hashes() == hash_value).tolist():
+            if reader.name(index) == name:
+                return index
+        if name in self._pending_names:  # appended since the last commit
+            return self.record.samples + self._pending_names.index(name)
+        return None
 
-    def _index(self) -> list:
-        """Name hashes of every sample as sorted runs of (hashes, sample indices), a few large
-        and some small, so that adding a batch never re-sorts everything (as in an LSM tree)."""
-        if self._hash_runs is None:
-            hashes = self._reader_factory().name_hashes()
-            order = np.argsort(hashes, kind="stable")
-            self._hash_runs = [(hashes[order], order.astype(np.int64))]
-        return self._hash_runs
+    def _sorted_hashes(self) -> list:
+        if self._hashes is None:
+            self._hashes = [np.sort(self._reader_factory().name_hashes()), np.zeros(0, "<u8")]
+        return self._hashes
 
-    def _add_to_hash_index(self, hashes, first):
-        order = np.argsort(hashes, kind="stable")
-        run = (hashes[order], first + order)
-        runs = self._index()
-        while runs and len(runs[-1][0]) <= 2 * len(run[0]):
-            older = runs.pop()
-            merged = np.concatenate([older[0], run[0]])
-            by_hash = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
-            run = (merged[by_hash], np.concatenate([older[1], run[1]])[by_hash])
-        runs.append(run)
+    def _add_to_hash_index(self, hashes):
+        large, recent = self._sorted_hashes()
+        recent = _merged(recent, np.sort(hashes))
+        if len(recent) > max(RECENT_HASHES, len(large) // 8):
+            large, recent = _merged(large, recent), recent[:0]
+        self._hashes = [large, recent]
 
     def _check_codes(self, names, codes_list):
         arrays, lengths = [], np.empty(len(names), np.int64)
@@ -175,7 +186,7 @@ class StoreWriter:
     # ---- write and commit ----------------------------------------------------------------
     def flush(self):
         """Write buffered samples past the commit point (still invisible to readers)."""
-        for name in ARRAYS:
+        for name in self._arrays:
             if self._pending[name]:
                 values = np.concatenate(self._pending[name])
                 self.container.write(name, self._written[name], values)
@@ -190,7 +201,7 @@ class StoreWriter:
         self.container.write("counts", self.record.counts_span(slot)[0], self.counts)
         checksums = dict(self._crc, counts=crc32(self.counts))
         region = self._write_skipped()
-        record = replace(self.record, samples=self.samples, lengths=dict(self._written),
+        record = replace(self.record, samples=self.samples, array_lengths=dict(self._written),
                          checksums=checksums, meta=dict(self.meta), counts_slot=slot,
                          skipped=region)
         self.container.write_record(record)  # the commit point
@@ -211,3 +222,8 @@ class StoreWriter:
         if data:
             self.container.write(skipped_list.ARRAY, start, skipped_list.as_array(data))
         return region
+
+
+def _merged(sorted_values: np.ndarray, more_sorted: np.ndarray) -> np.ndarray:
+    """Two sorted arrays as one sorted array."""
+    return np.insert(sorted_values, np.searchsorted(sorted_values, more_sorted), more_sorted)

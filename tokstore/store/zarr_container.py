@@ -4,7 +4,8 @@ Writes go through zarr-python. Reads of a local directory skip it: each array's 
 parsed here and, when the layout is the plain one tokstore writes (regular 1-D chunks, the bytes
 codec, little-endian, no compression), chunk files are memory-mapped, so that reading one
 sample costs a numpy slice instead of a zarr call (~400 us). Anything else -- URLs, compressed
-copies -- is read through zarr one whole chunk at a time.
+copies -- is read through zarr one whole chunk at a time (a local copy in another layout warns
+once: StoreFallbackWarning).
 
 A local store is created in a temporary directory beside its path and renamed into place once
 its first commit is on disk (a killed creation leaves only that, removed by the next create).
@@ -24,7 +25,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
-from .errors import NotAStoreError, StoreCorruptError, StoreError, StoreWriteError
+from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
+                     StoreWriteError)
 from .format import RECORD_KEY, Record, chunk_length
 
 LOCK_FILE = "tokstore.lock"
@@ -201,6 +203,12 @@ class ZarrContainer:
 
             return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True,
                                 map_whole=map_whole)
+        if self.dir is not None:  # a local copy in another layout (compressed, ...)
+            oscalls.warn_fallback(f"zarr_layout:{self.path}",
+                                  f"tokstore: {self.path}: array {name} is not in the plain "
+                                  f"layout tokstore writes (raw little-endian chunks): it is read "
+                                  f"through zarr, a chunk at a time (~400 us a sample read) and "
+                                  f"copied into each process", StoreFallbackWarning)
         array = self._zarr_array(name)
         if np.dtype(array.dtype) != dtype or array.ndim != 1 or array.shape[0] < length:
             raise StoreCorruptError(f"{self.path}: {name}: zarr array is {array.dtype}"
