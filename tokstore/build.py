@@ -38,15 +38,13 @@ from vqvae.exact import (BatchResult, Checks, DeviceFast, ExactEncoder, Exactnes
 from .distributed import Ranks
 from .errors import StoppedBySignal, TokstoreError
 from .lifetime import Interrupted, StopSignals
+from .provenance import CODE_DECIDING, COMMITTED, RESUMED, BuildProgress, Provenance
 from .sources import (CROP_POLICY, Entry, LoadFailure, MotionBatch, SourceLayout, iter_batches,
                       load_motion, load_stats, preflight, read_split, stats_sha256)
 from .store import NotAStoreError, StoreError, TokenStore
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 ON_ERROR = ("fail", "skip")
-# meta keys that decide the codes: a store made with other values must not be extended
-PROVENANCE = {"checkpoint_sha256": "checkpoint", "model_config": "model config",
-              "stats_sha256": "normalization statistics", "crop_policy": "crop policy"}
 # (precision and device decide whether codes are exact: see encode_mode and _refuse_mixed)
 EXACT = "exact"
 MARGIN_POLICY = MarginPolicy()
@@ -256,36 +254,34 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
     encoder = {"device": device.type, "precision": options.precision, "mode": mode,
                "torch_version": torch.__version__,
                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    provenance = {
-        "legacy_code_dtype": str(config.code_dtype),
-        "model_config": config.to_dict(),
-        "checkpoint_sha256": file_sha256(options.checkpoint),
-        "stats_sha256": stats_sha256(layout.mean_file, layout.std_file),
-        "crop_policy": CROP_POLICY,
-        "precision": options.precision,
-        "device": device.type,
-        "torch_version": torch.__version__,
-        "exactness_mode": mode,
-        "encoders": [encoder],  # every distinct device/precision/torch that wrote codes
-        "source_paths": layout.to_dict(),
+    provenance = Provenance(
+        legacy_code_dtype=str(config.code_dtype),
+        model_config=config.to_dict(),
+        checkpoint_sha256=file_sha256(options.checkpoint),
+        stats_sha256=stats_sha256(layout.mean_file, layout.std_file),
+        crop_policy=CROP_POLICY,
+        precision=options.precision,
+        device=device.type,
+        torch_version=torch.__version__,
+        exactness_mode=mode,
+        encoders=[encoder],  # every distinct device/precision/torch that wrote codes
+        source_paths=layout.to_dict(),
         # the statistics themselves, so that decode and verify work without the source files,
         # each with its dtype: normalization follows numpy's promotion of the two
-        "mean": mean.tolist(), "std": std.tolist(), "stats_dtype": str(mean.dtype),
-        "mean_dtype": str(mean.dtype), "std_dtype": str(std.dtype),
-    }
+        mean=mean.tolist(), std=std.tolist(), stats_dtype=str(mean.dtype),
+        mean_dtype=str(mean.dtype), std_dtype=str(std.dtype))
 
     existing = _open_existing(options.store)
     prior = Checks()
     if existing is not None:
         with existing:
-            _refuse_stale(existing, provenance)
-            progress = existing.meta.get("build", {})
-            complete = progress.get("complete") and progress.get("split_sha256") == split_sha
-            _refuse_mixed(existing, mode, options, device)
-            prior = Checks.from_dict(existing.meta.get("exactness"))
-            if complete:
+            recorded = Provenance.from_meta(existing.meta)
+            _refuse_stale(existing, recorded, provenance)
+            _refuse_mixed(existing, recorded, mode, options, device)
+            prior = Checks.from_dict(recorded.exactness)
+            if recorded.progress.finished(split_sha):
                 done = BuildSummary(options.store, len(existing), int(existing.lengths.sum()),
-                                    0, 0, existing.meta.get("skipped", []), 0.0,
+                                    0, 0, recorded.skipped or [], 0.0,
                                     len(existing), already_complete=True)
                 return None, [_Share(done=done)] * world
 
@@ -309,7 +305,7 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
 
     if existing is None:
         store = TokenStore.create(options.store, config.codebook_size, options.backend,
-                                  meta=provenance)
+                                  meta=provenance.to_meta())
         next_entry, load_skipped = 0, []
     else:
         store = TokenStore.open(options.store, "a")
@@ -318,12 +314,11 @@ def _prepare(options: BuildOptions, device: torch.device, world: int):
         except BaseException:
             store.close()
             raise
-        meta = store.meta
-        encoders = meta.get("encoders") or []
-        store.update_meta({"device": device.type, "precision": options.precision,
-                           "torch_version": torch.__version__, "source_paths": layout.to_dict(),
-                           "encoders": encoders + [encoder] * (encoder not in encoders),
-                           "exactness_mode": mode if _stored_mode(meta) == mode else "mixed"})
+        recorded = Provenance.from_meta(store.meta)
+        encoders = recorded.encoders or []
+        provenance.encoders = encoders + [encoder] * (encoder not in encoders)
+        provenance.exactness_mode = mode if _stored_mode(recorded) == mode else "mixed"
+        store.update_meta(provenance.to_meta(only=RESUMED))
         log(f"resuming {options.store}: {len(store)} samples committed, continuing at split "
             f"entry {next_entry + 1} of {len(names)}")
 
@@ -355,11 +350,10 @@ def _open_existing(path: str) -> TokenStore | None:
         return None
 
 
-def _refuse_stale(store: TokenStore, provenance: dict) -> None:
-    meta = store.meta
+def _refuse_stale(store: TokenStore, recorded: Provenance, provenance: Provenance) -> None:
     differences = []
-    for key, label in PROVENANCE.items():
-        have, want = meta.get(key), provenance[key]
+    for key, label in CODE_DECIDING.items():
+        have, want = getattr(recorded, key), getattr(provenance, key)
         if have == want:
             continue
         if key == "model_config" and isinstance(have, dict):
@@ -377,24 +371,23 @@ def _refuse_stale(store: TokenStore, provenance: dict) -> None:
                               + ". Its codes would be stale: build into a new store instead")
 
 
-def _stored_mode(meta: dict) -> str:
+def _stored_mode(recorded: Provenance) -> str:
     """The store's exactness mode; stores from before it was recorded: by precision and device."""
-    if meta.get("exactness_mode"):
-        return meta["exactness_mode"]
-    recorded = meta.get("stats_dtype") or "float64"
-    dtypes = (meta.get("mean_dtype") or recorded, meta.get("std_dtype") or recorded)
-    if np.result_type(np.float32, *dtypes) != np.float64:  # the build then normalized in float64
-        return "inexact float64-normalized"
-    return encode_mode(torch.device(meta.get("device") or "cpu"), meta.get("precision") or "fp32")
+    if recorded.exactness_mode:
+        return recorded.exactness_mode
+    if np.result_type(np.float32, *recorded.stat_dtypes) != np.float64:
+        return "inexact float64-normalized"  # the build then normalized in float64
+    return encode_mode(torch.device(recorded.device or "cpu"), recorded.precision or "fp32")
 
 
-def _refuse_mixed(store: TokenStore, mode: str, options: BuildOptions, device: torch.device) -> None:
-    have = _stored_mode(store.meta)
+def _refuse_mixed(store: TokenStore, recorded: Provenance, mode: str, options: BuildOptions,
+                  device: torch.device) -> None:
+    have = _stored_mode(recorded)
     if have == mode or options.allow_mixed_codes:
         return
     raise MixedCodesError(
         f"{store.path} holds {have} codes and this run would add {mode} codes (the store's: "
-        f"precision {store.meta.get('precision')!r} on {store.meta.get('device')!r}; this run's: "
+        f"precision {recorded.precision!r} on {recorded.device!r}; this run's: "
         f"{options.precision!r} on {device.type!r}): one store would mix them. Build into a new "
         "store, or pass --allow-mixed-codes to resume anyway (the store then records mode 'mixed')")
 
@@ -406,11 +399,11 @@ def _skip_record(name: str, path: str, reason: str) -> dict:
 def _resume_point(store: TokenStore, entries: list[Entry], preflight_skipped: list[dict]):
     """(first split index still to do, load failures recorded so far), after checking that the
     store holds exactly the samples this split's entries before that index give."""
-    meta = store.meta
-    next_entry = int(meta.get("build", {}).get("next_entry", 0))
+    recorded = Provenance.from_meta(store.meta)
+    next_entry = recorded.progress.next_entry
     preflight_names = {s["name"] for s in preflight_skipped}
     split_names = {e.name for e in entries}
-    load_skipped = [s for s in meta.get("skipped", [])
+    load_skipped = [s for s in recorded.skipped or []
                     if s["name"] in split_names and s["name"] not in preflight_names]
     failed = {s["name"] for s in load_skipped}
     expected = [e.name for e in entries if e.index_in_split < next_entry and e.name not in failed]
@@ -723,9 +716,9 @@ def _commit(job: _Job, complete: bool = False) -> None:
     skipped = sorted(job.preflight_skipped + job.load_skipped,
                      key=lambda s: job.split_index[s["name"]])
     next_entry = job.n_names if complete else job.next_entry
-    job.store.update_meta({"skipped": skipped, "exactness": _exactness_record(job), "build": {
-        "next_entry": next_entry, "split_entries": job.n_names,
-        "split_sha256": job.split_sha256, "complete": complete}})
+    progress = BuildProgress(next_entry, job.n_names, job.split_sha256, complete)
+    job.store.update_meta(Provenance(skipped=skipped, exactness=_exactness_record(job),
+                                     build=progress).to_meta(only=COMMITTED))
     job.store.commit()
     job.since_commit = 0
 
@@ -735,7 +728,8 @@ def _exactness_record(job: _Job) -> dict:
     checks = job.prior_checks.add(job.checks)
     if job.share is not None and job.share.exceeded:
         checks.max_reencode_deviation = max(checks.max_reencode_deviation, job.share.exceeded)
-    record = {"mode": job.store.meta.get("exactness_mode", job.mode), **checks.to_dict(),
+    record = {"mode": Provenance.from_meta(job.store.meta).exactness_mode or job.mode,
+              **checks.to_dict(),
               "safety_factor": MARGIN_POLICY.safety, "margin_floor": MARGIN_POLICY.floor,
               "stop_fraction": MARGIN_POLICY.stop_fraction,
               "decision_variable": ("FSQ bounded value" if job.model.config.quantizer == "FSQ"
