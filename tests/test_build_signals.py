@@ -138,7 +138,7 @@ def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_
 def _signal_after_windows(monkeypatch, windows: int, sig=signal.SIGTERM, during_commit=()):
     """Send this process `sig` right after the `windows`-th append; `during_commit`: signals sent
     in the middle of every later commit (the one the first signal triggers)."""
-    real_append, real_commit = build_module._append, TokenStore.commit
+    real_append, real_commit = build_module.append, TokenStore.commit
     appended = []
 
     def append(job, window):
@@ -153,7 +153,7 @@ def _signal_after_windows(monkeypatch, windows: int, sig=signal.SIGTERM, during_
                 os.kill(os.getpid(), extra)
         real_commit(self)
 
-    monkeypatch.setattr(build_module, "_append", append)
+    monkeypatch.setattr(build_module, "append", append)
     monkeypatch.setattr(TokenStore, "commit", commit)
     return appended
 

@@ -37,7 +37,8 @@ class Ranks:
         return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
     @property
-    def leader(self) -> bool:
+    def is_rank0(self) -> bool:
+        """True on the rank that plans the build and is the only writer."""
         return self.rank == 0
 
     def __enter__(self) -> Ranks:
@@ -56,16 +57,16 @@ class Ranks:
             dist.destroy_process_group()
             self._owns_group = False
 
-    def from_leader(self, make: Callable[[], tuple[Any, list]]) -> tuple[Any, Any]:
+    def scatter_from_rank0(self, make: Callable[[], tuple[Any, list]]) -> tuple[Any, Any]:
         """Rank 0 runs `make()` -> (what it keeps, one share per rank); every rank gets its share.
         If `make` raises, every other rank raises PeerError with the same message."""
         kept, shares, failure = None, None, None
-        if self.leader:
+        if self.is_rank0:
             try:
                 kept, shares = make()
             except BaseException as exc:
                 failure = exc
-                shares = [_Failed(str(exc) or type(exc).__name__)] * self.world
+                shares = [_FailedOnRank0(str(exc) or type(exc).__name__)] * self.world
         if self.world == 1:
             share = shares[0]
         else:
@@ -76,7 +77,7 @@ class Ranks:
             share = out[0]
         if failure is not None:
             raise failure
-        if isinstance(share, _Failed):
+        if isinstance(share, _FailedOnRank0):
             raise PeerError(share.message)
         return kept, share
 
@@ -98,5 +99,5 @@ class Ranks:
 
 
 @dataclass
-class _Failed:
+class _FailedOnRank0:
     message: str

@@ -22,6 +22,11 @@ RESUMED = ("device", "precision", "torch_version", "source_paths", "encoders", "
 COMMITTED = ("skipped", "exactness", "build")
 
 
+def skipped_entry(name: str, path: str, reason: str) -> dict:
+    """One entry of meta `skipped`: a split entry the build left out, and why."""
+    return {"name": name, "path": path, "reason": reason}
+
+
 @dataclass
 class BuildProgress:
     """Meta `build`: how far through its split the build is (the resume point)."""
