@@ -29,7 +29,7 @@ from .build_encode import (AGREEMENT_SAMPLE, MARGIN_POLICY, RankWork, _device_ba
 from .build_options import (BATCH_FRAMES, EXACT, ON_ERROR, PRECISIONS, BuildError, BuildOptions,
                             BuildSummary, check_options, encode_mode, resolve_device)
 from .build_plan import MixedCodesError, StaleStoreError, prepare
-from .build_writer import WriterState, append, commit
+from .build_writer import StoreWriterThread, WriterState, commit
 from .distributed import Ranks
 from .errors import StoppedBySignal
 from .lifetime import Interrupted, StopSignals
@@ -102,36 +102,40 @@ def _run(options: BuildOptions, ranks: Ranks, state: WriterState | None, work: R
         bar.set_postfix_str(f"{rate:.0f} motions/s", refresh=False)
 
     windows = encode_windows(model, work, options, device, on_batch)
+    writer = StoreWriterThread(state, options.commit_every) if state else None
     encoded = frames = 0
     with state.store if state else nullcontext(), closing(windows), bar:
         try:
             for _ in range(work.rounds):
-                gathered = ranks.all_gather(next(windows, None))
-                for rank, window in enumerate(gathered):
-                    if window is None:
-                        continue
-                    if window.failures and options.on_error == "fail":
-                        failure = window.failures[0]
-                        raise LoadFailedError(
-                            f"{failure['path']}: {failure['reason']} (found while loading; "
-                            "committed samples are kept: fix it and re-run to resume)")
-                    encoded += len(window.names)
-                    frames += window.frames
-                    if state:
+                window = next(windows, None)
+                gathered = ranks.gather_to_rank0(window)  # None on the other ranks
+                failing = _first_load_failure(gathered, options) if writer else None
+                verdict = ranks.broadcast_from_rank0(failing and failing[1])
+                if writer:
+                    for rank, window in enumerate(gathered[:failing[0]] if failing else gathered):
+                        if window is None:
+                            continue
+                        encoded += len(window.names)
+                        frames += window.frames
                         if rank:
                             motions += len(window.names)
                             bar.update(window.frames)
-                        with stop.held(raise_after=True):  # an append is never cut in half
-                            append(state, window)
-                if state and state.since_commit >= options.commit_every:
-                    with stop.held(raise_after=True):
-                        commit(state)
+                        writer.append(window)
+                elif window is not None:
+                    encoded += len(window.names)
+                    frames += window.frames
+                if verdict is not None:  # every rank raises it in the same round
+                    raise LoadFailedError(verdict)
+                if writer:
+                    writer.commit_if_due()
+            if writer and (error := writer.close()) is not None:
+                raise error
         except BaseException as exc:
             if isinstance(exc, OSError) and exc.filename is None:
                 exc.filename = options.store  # a full disk says which store it stopped
             with stop.held():  # a second signal cannot cut this commit short
-                if state and state.consistent and not isinstance(exc, StoreError):
-                    commit(state)  # complete windows only: resuming picks up right after them
+                if state:
+                    _keep_what_is_appended(state, writer, exc, options.log)
             if isinstance(exc, LoadFailedError):  # every rank raises it: let rank 0 commit
                 ranks.barrier()  # before torchrun stops the processes still running
             if stop.received is not None:  # also when a peer's death came first (torchrun)
@@ -149,3 +153,35 @@ def _run(options: BuildOptions, ranks: Ranks, state: WriterState | None, work: R
         store = state.store
         return BuildSummary(str(store.path), len(store), int(store.lengths.sum()), encoded, frames,
                             store.meta["skipped"], seconds, state.resumed_from)
+
+
+def _first_load_failure(gathered: list, options: BuildOptions) -> tuple[int, str] | None:
+    """(its rank, the message) of the round's first window holding an entry that failed to load,
+    under --on-error fail; None when the round goes on."""
+    if options.on_error != "fail":
+        return None
+    for rank, window in enumerate(gathered):
+        if window is not None and window.failures:
+            failure = window.failures[0]
+            return rank, (f"{failure['path']}: {failure['reason']} (found while loading; committed "
+                          "samples are kept: fix it and re-run to resume)")
+    return None
+
+
+def _keep_what_is_appended(state: WriterState, writer: StoreWriterThread, error: BaseException,
+                           log) -> None:
+    """After `error` stopped the build: the writer writes the windows handed to it, and what is
+    appended is committed (whole windows only: a resume picks up right after them). `error`
+    stays the build's error: a failure here is said in one line, the store stays at its last
+    commit."""
+    secondary = writer.close()
+    if secondary is error:  # the writer's own failure stopped the build
+        secondary = None
+    elif secondary is None and state.consistent and not isinstance(error, StoreError):
+        try:
+            commit(state)
+        except Exception as exc:  # noqa: BLE001 - said below; `error` is what the user gets
+            secondary = exc
+    if secondary is not None:
+        log(f"after that error, committing what was encoded failed too ({type(secondary).__name__}: "
+            f"{secondary}): {state.store.path} stays at its last commit")

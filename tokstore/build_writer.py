@@ -1,8 +1,15 @@
 """Rank 0's store writing: windows appended in split order, and commits that carry the skipped
 list, the exactness record and the resume point, so that a re-run resumes at the last commit.
+
+The appends and the periodic commits run on one writer thread (StoreWriterThread) fed through a
+small bounded queue: encoding goes on while a commit fsyncs, and a writer that falls behind holds
+the encoder back instead of piling windows up in memory. Only one thread touches the store at a
+time: the writer thread until it is closed, the caller after.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field
 
 from vqvae import VQVAE
@@ -72,3 +79,58 @@ def _exactness_record(state: WriterState) -> dict:
     if state.agreement is not None:
         record["agreement"] = state.agreement
     return record
+
+
+WRITER_QUEUE_WINDOWS = 2  # windows waiting for the writer: the encoder blocks beyond that
+_COMMIT_IF_DUE = "commit if due"  # queue markers
+_CLOSE = "close"
+
+
+class StoreWriterThread:
+    """Appends the windows handed to it, in order, on its own thread, and commits whenever
+    `commit_every` motions have been appended since the last commit (checked where the caller
+    asks: at the end of a round of windows, as the inline loop did).
+
+    A failed append or commit ends the writing: its exception is raised in the caller at the next
+    hand-over (or by close), the windows still queued are dropped, nothing else is written."""
+
+    def __init__(self, state: WriterState, commit_every: int, depth: int = WRITER_QUEUE_WINDOWS):
+        self.state = state
+        self.commit_every = commit_every
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._write, name="tokstore-store-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def append(self, window: EncodedWindow) -> None:
+        """Queue a window (blocks while the queue is full); raises the writer's error, if any."""
+        self._hand(window)
+
+    def commit_if_due(self) -> None:
+        self._hand(_COMMIT_IF_DUE)
+
+    def close(self) -> BaseException | None:
+        """Write what is queued (unless writing failed), end the thread; the writer's error."""
+        if self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join()
+        return self.error
+
+    def _hand(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(item)
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not _CLOSE:
+            if self.error is not None:
+                continue  # writing failed: drop the rest, keep taking so that no put blocks
+            try:
+                if item is _COMMIT_IF_DUE:
+                    if self.state.since_commit >= self.commit_every:
+                        commit(self.state)
+                else:
+                    append(self.state, item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                self.error = exc

@@ -1,6 +1,6 @@
-"""Running one job across `torchrun` processes: who this process is, and the three exchanges a
-build needs (rank 0's decision sent to every rank, one object per rank to rank 0's side, one
-object from every rank to every rank).
+"""Running one job across `torchrun` processes: who this process is, and the exchanges a build
+needs (rank 0's plan scattered to the ranks, every rank's object gathered on rank 0, rank 0's
+verdict broadcast to every rank).
 
 Only small Python objects travel (plans, codes, failures: codes are ~500x smaller than the
 motions they come from), so the process group is gloo even when the encoders run on CUDA: it
@@ -87,15 +87,26 @@ class Ranks:
 
             dist.barrier()
 
-    def all_gather(self, obj) -> list:
-        """Every rank's `obj`, in rank order, on every rank."""
+    def gather_to_rank0(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0; None on the other ranks. Rank 0 is the
+        only writer, so each object travels once (not to every rank: that is world^2 copies)."""
         if self.world == 1:
             return [obj]
         import torch.distributed as dist
 
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
+        out = [None] * self.world if self.is_rank0 else None
+        dist.gather_object(obj, out, dst=0)
         return out
+
+    def broadcast_from_rank0(self, obj):
+        """Rank 0's `obj` on every rank (what the others pass is ignored)."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 @dataclass
