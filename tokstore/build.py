@@ -112,22 +112,22 @@ def _run(options: BuildOptions, ranks: Ranks, state: WriterState | None, work: R
                 failing = _first_load_failure(gathered, options) if writer else None
                 verdict = ranks.broadcast_from_rank0(failing and failing[1])
                 if writer:
-                    for rank, window in enumerate(gathered[:failing[0]] if failing else gathered):
-                        if window is None:
-                            continue
+                    # (in rank order: a round's windows, up to a failing one, are split order)
+                    ready = [(rank, w) for rank, w in enumerate(gathered)
+                             if w is not None and (not failing or rank < failing[0])]
+                    for rank, window in ready:
                         encoded += len(window.names)
                         frames += window.frames
                         if rank:
                             motions += len(window.names)
                             bar.update(window.frames)
-                        writer.append(window)
+                    # a commit check after the round's last window, none in a failing round
+                    writer.write_round([w for _, w in ready], check_commit=not failing)
                 elif window is not None:
                     encoded += len(window.names)
                     frames += window.frames
                 if verdict is not None:  # every rank raises it in the same round
                     raise LoadFailedError(verdict)
-                if writer:
-                    writer.commit_if_due()
             if writer and (error := writer.close()) is not None:
                 raise error
         except BaseException as exc:

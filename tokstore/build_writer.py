@@ -82,33 +82,39 @@ def _exactness_record(state: WriterState) -> dict:
 
 
 WRITER_QUEUE_WINDOWS = 2  # windows waiting for the writer: the encoder blocks beyond that
-_COMMIT_IF_DUE = "commit if due"  # queue markers
-_CLOSE = "close"
+_CLOSE = None  # the queue's end marker
 
 
 class StoreWriterThread:
     """Appends the windows handed to it, in order, on its own thread, and commits whenever
-    `commit_every` motions have been appended since the last commit (checked where the caller
-    asks: at the end of a round of windows, as the inline loop did).
+    `commit_every` motions have been appended since the last commit, checked at the end of each
+    round of windows (as the inline loop did: the same commits, so the same store).
 
     A failed append or commit ends the writing: its exception is raised in the caller at the next
     hand-over (or by close), the windows still queued are dropped, nothing else is written."""
 
-    def __init__(self, state: WriterState, commit_every: int, depth: int = WRITER_QUEUE_WINDOWS):
+    def __init__(self, state: WriterState, commit_every: int,
+                 depth: int = WRITER_QUEUE_WINDOWS):
         self.state = state
         self.commit_every = commit_every
         self.error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)  # (window, then check for a commit)
         self._thread = threading.Thread(target=self._write, name="tokstore-store-writer",
                                         daemon=True)
         self._thread.start()
 
-    def append(self, window: EncodedWindow) -> None:
-        """Queue a window (blocks while the queue is full); raises the writer's error, if any."""
-        self._hand(window)
+    def write_round(self, windows: list[EncodedWindow], check_commit: bool = True) -> None:
+        """Queue a round's windows (blocks while the queue is full), with a commit check after
+        the last; raises the writer's error, if any."""
+        for i, window in enumerate(windows):
+            if self.error is not None:
+                raise self.error
+            self._queue.put((window, check_commit and i == len(windows) - 1))
 
-    def commit_if_due(self) -> None:
-        self._hand(_COMMIT_IF_DUE)
+    @property
+    def queued(self) -> int:
+        """Windows waiting for the writer now."""
+        return self._queue.qsize()
 
     def close(self) -> BaseException | None:
         """Write what is queued (unless writing failed), end the thread; the writer's error."""
@@ -117,20 +123,14 @@ class StoreWriterThread:
             self._thread.join()
         return self.error
 
-    def _hand(self, item) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put(item)
-
     def _write(self) -> None:
         while (item := self._queue.get()) is not _CLOSE:
             if self.error is not None:
                 continue  # writing failed: drop the rest, keep taking so that no put blocks
+            window, check_commit = item
             try:
-                if item is _COMMIT_IF_DUE:
-                    if self.state.since_commit >= self.commit_every:
-                        commit(self.state)
-                else:
-                    append(self.state, item)
+                append(self.state, window)
+                if check_commit and self.state.since_commit >= self.commit_every:
+                    commit(self.state)
             except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
                 self.error = exc
