@@ -8,9 +8,14 @@ committed work:
 2. preflight of every split entry (.npy header, caption file), every problem reported at once;
 3. windows of consecutive split entries are loaded in parallel, encoded in equal-length batches,
    appended in split order and committed every `commit_every` motions together with how far
-   through the split the build is, so that re-running the same command resumes at the last commit.
+   through the split the build is, so that re-running the same command resumes at the last commit
+   (on a writer thread: encoding goes on while a commit fsyncs).
 Under torchrun the windows go round-robin to the ranks and their codes come back to rank 0, the
 only writer: the store is the one a single process writes.
+
+This module runs the rounds and turns errors and stop signals into commits of what was encoded;
+the parts: build_options (options, device, mode), build_plan (step 1-2, rank 0), build_encode
+(a rank's encoding), build_writer (the store writing). It re-exports the names callers import.
 """
 from __future__ import annotations
 

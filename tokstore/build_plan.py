@@ -106,7 +106,11 @@ def prepare(options: BuildOptions, device: torch.device,
         try:
             next_entry, load_skipped = _resume_point(store, checked.entries, preflight_skipped)
         except BaseException:
-            store.close()
+            try:
+                store.close()
+            except Exception as exc:  # noqa: BLE001 - said; the resume check's error is raised
+                log(f"after that error, closing {store.path} failed too "
+                    f"({type(exc).__name__}: {exc})")
             raise
         recorded = Provenance.from_meta(store.meta)
         encoders = recorded.encoders or []
