@@ -32,8 +32,8 @@ import torch
 from benchmarks.baseline import OriginalGetCodes, original_dataset_item
 from benchmarks.common import Timer, machine
 from tokstore import TokenStore
-from tokstore.build import (BATCH_FRAMES, EXACT, MARGIN_POLICY, BuildOptions, _recheck_threads, build,
-                            encode_batches, encode_mode, resolve_device)
+from tokstore.build import (BATCH_FRAMES, EXACT, MARGIN_POLICY, BuildOptions, build, encode_batches,
+                            encode_mode, recheck_threads, resolve_device)
 from tokstore.demo import save_random_checkpoint
 from tokstore.loading import MotionBatch, iter_batches, load_motion
 from tokstore.sources import load_stats, preflight, read_split
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     exact = encode_mode(device, "fp32") == EXACT
     engine = None
     if exact:  # as the build: on CUDA the device decides and the CPU re-checks (the hybrid)
-        engine = ExactEncoder(_cpu(model, checkpoint, config), mean, std, _recheck_threads(),
+        engine = ExactEncoder(_cpu(model, checkpoint, config), mean, std, recheck_threads(),
                               fast=DeviceFast(model) if cuda else None)
     try:
         with Timer() as encode_t:

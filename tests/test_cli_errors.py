@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from build_helpers import build_args, contents, run_cli, tiny_setup
 
-from tokstore import TokenStore, build as build_module, legacy
+from tokstore import TokenStore, build_plan, legacy
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +194,14 @@ def test_a_store_created_under_the_build_is_refused_naming_the_flag_not_the_api(
     """Another process creates the store between the build's check and its create."""
     dataset, checkpoint = tiny_setup(tmp_path, n=4)
     store = tmp_path / "s.h5"
-    real = build_module._open_existing
+    real = build_plan._open_existing
 
     def racing(path):
         found = real(path)
         TokenStore.create(path, 8).close()
         return found
 
-    monkeypatch.setattr(build_module, "_open_existing", racing)
+    monkeypatch.setattr(build_plan, "_open_existing", racing)
     line = assert_one_line(run_cli(*build_args(dataset, checkpoint, store)), store)
     assert "overwrite=True" not in line and "--store" in line
 

@@ -1,6 +1,6 @@
-"""Running one job across `torchrun` processes: who this process is, and the three exchanges a
-build needs (rank 0's decision sent to every rank, one object per rank to rank 0's side, one
-object from every rank to every rank).
+"""Running one job across `torchrun` processes: who this process is, and the exchanges a build
+needs (rank 0's plan scattered to the ranks, every rank's object gathered on rank 0, rank 0's
+verdict broadcast to every rank).
 
 Only small Python objects travel (plans, codes, failures: codes are ~500x smaller than the
 motions they come from), so the process group is gloo even when the encoders run on CUDA: it
@@ -37,7 +37,8 @@ class Ranks:
         return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
     @property
-    def leader(self) -> bool:
+    def is_rank0(self) -> bool:
+        """True on the rank that plans the build and is the only writer."""
         return self.rank == 0
 
     def __enter__(self) -> Ranks:
@@ -56,16 +57,16 @@ class Ranks:
             dist.destroy_process_group()
             self._owns_group = False
 
-    def from_leader(self, make: Callable[[], tuple[Any, list]]) -> tuple[Any, Any]:
+    def scatter_from_rank0(self, make: Callable[[], tuple[Any, list]]) -> tuple[Any, Any]:
         """Rank 0 runs `make()` -> (what it keeps, one share per rank); every rank gets its share.
         If `make` raises, every other rank raises PeerError with the same message."""
         kept, shares, failure = None, None, None
-        if self.leader:
+        if self.is_rank0:
             try:
                 kept, shares = make()
             except BaseException as exc:
                 failure = exc
-                shares = [_Failed(str(exc) or type(exc).__name__)] * self.world
+                shares = [_FailedOnRank0(str(exc) or type(exc).__name__)] * self.world
         if self.world == 1:
             share = shares[0]
         else:
@@ -76,7 +77,7 @@ class Ranks:
             share = out[0]
         if failure is not None:
             raise failure
-        if isinstance(share, _Failed):
+        if isinstance(share, _FailedOnRank0):
             raise PeerError(share.message)
         return kept, share
 
@@ -86,17 +87,28 @@ class Ranks:
 
             dist.barrier()
 
-    def all_gather(self, obj) -> list:
-        """Every rank's `obj`, in rank order, on every rank."""
+    def gather_to_rank0(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0; None on the other ranks. Rank 0 is the
+        only writer, so each object travels once (not to every rank: that is world^2 copies)."""
         if self.world == 1:
             return [obj]
         import torch.distributed as dist
 
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
+        out = [None] * self.world if self.is_rank0 else None
+        dist.gather_object(obj, out, dst=0)
         return out
+
+    def broadcast_from_rank0(self, obj):
+        """Rank 0's `obj` on every rank (what the others pass is ignored)."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 @dataclass
-class _Failed:
+class _FailedOnRank0:
     message: str

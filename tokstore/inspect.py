@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 import tokstore
 from tokstore.errors import TokstoreError
+from tokstore.provenance import Provenance
 
 
 class InspectError(TokstoreError):
@@ -26,11 +27,10 @@ class InspectError(TokstoreError):
 
 def recorded_config(meta: dict):
     """The VQVAEConfig the store was built with (meta `model_config`)."""
-    from vqvae import VQVAEConfig
-
-    if not meta.get("model_config"):
+    config = Provenance.from_meta(meta).config()
+    if config is None:
         raise InspectError("the store records no model_config, so its VQ-VAE cannot be rebuilt")
-    return VQVAEConfig.from_dict(meta["model_config"])
+    return config
 
 
 def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +43,14 @@ def recorded_stats(meta: dict, mean_file=None, std_file=None) -> tuple[np.ndarra
         raise InspectError("give --mean and --std together")
     if mean_file is not None:
         return load_stats(mean_file, std_file, input_dim)
-    if meta.get("mean") is not None and meta.get("std") is not None:
-        # each in its own dtype (stores before mean_dtype/std_dtype record one for both)
-        dtype = meta.get("stats_dtype", "float64")
-        mean, std = (np.asarray(meta[key], dtype=np.dtype(meta.get(f"{key}_dtype", dtype)))
-                     for key in ("mean", "std"))
+    provenance = Provenance.from_meta(meta)
+    recorded = provenance.recorded_stats()  # each in its own dtype
+    if recorded is not None:
+        mean, std = recorded
         if mean.shape != (input_dim,) or std.shape != (input_dim,) or (std <= 0).any():
             raise InspectError(f"the recorded mean/std are not {input_dim} values with std > 0")
         return mean, std
-    sources = meta.get("source_paths") or {}
+    sources = provenance.source_paths or {}
     if sources.get("mean_file") and sources.get("std_file"):
         return load_stats(sources["mean_file"], sources["std_file"], input_dim)
     raise InspectError("the store records no normalization statistics: pass --mean and --std")
@@ -79,9 +78,9 @@ def size_on_disk(path) -> int | None:
 
 def store_info(store) -> dict:
     """Counts, model config and provenance of a store, as one JSON-safe dict."""
-    meta = store.meta
+    provenance = Provenance.from_meta(store.meta)
     n_codes = int(store.lengths.sum())
-    unit = recorded_config(meta).unit_length if meta.get("model_config") else None
+    unit = provenance.unit_length
     return {
         "path": str(store.path),
         "backend": store.backend,
@@ -97,11 +96,11 @@ def store_info(store) -> dict:
         "end_token": store.end_token,
         "pad_token": store.pad_token,
         "code_dtype": store.code_dtype.name,
-        **{key: meta.get(key) for key in ("legacy_code_dtype", "model_config", "checkpoint_sha256",
-                                          "stats_sha256", "crop_policy", "precision", "device",
-                                          "torch_version", "exactness_mode", "encoders",
-                                          "exactness", "source_paths")},
-        "skipped": meta.get("skipped") or [],
+        **{key: getattr(provenance, key) for key in (
+            "legacy_code_dtype", "model_config", "checkpoint_sha256", "stats_sha256",
+            "crop_policy", "precision", "device", "torch_version", "exactness_mode", "encoders",
+            "exactness", "source_paths")},
+        "skipped": provenance.skipped or [],
         "size_bytes": size_on_disk(store.path),
     }
 
@@ -176,8 +175,8 @@ def plot_stats(store, out_png) -> None:
 
     counts = code_counts(store)
     per_dimension = None  # codebook quantizers, and imported stores that record no model
-    if store.meta.get("model_config"):
-        config = recorded_config(store.meta)
+    config = Provenance.from_meta(store.meta).config()
+    if config is not None:
         if config.quantizer == "FSQ":
             per_dimension = fsq_digit_counts(counts, config.fsq_levels)
     draw(out_png, counts, store.lengths, per_dimension)
@@ -238,11 +237,12 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
     from vqvae.exact import ExactEncoder
 
     meta = store.meta
-    motion_dir = (meta.get("source_paths") or {}).get("motion_dir")
+    provenance = Provenance.from_meta(meta)
+    motion_dir = (provenance.source_paths or {}).get("motion_dir")
     if not motion_dir:
         raise InspectError("the store records no source motion_dir, so nothing can be re-encoded")
     mean, std = recorded_stats(meta, mean_file, std_file)
-    precision = precision or meta.get("precision") or "fp32"
+    precision = precision or provenance.precision or "fp32"
     exact = precision == "fp32"
     model = load_recorded_model(meta, checkpoint, "cpu" if exact else device)
     engine = ExactEncoder(model if model.device.type == "cpu"
@@ -259,10 +259,10 @@ def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) 
     from tokstore.loading import load_motion
     from vqvae import file_sha256
 
-    meta = store.meta
     result = Reencoding()
-    if meta.get("checkpoint_sha256"):
-        result.checkpoint_matches = file_sha256(checkpoint) == meta["checkpoint_sha256"]
+    recorded_sha = Provenance.from_meta(store.meta).checkpoint_sha256
+    if recorded_sha:
+        result.checkpoint_matches = file_sha256(checkpoint) == recorded_sha
     picks = np.random.default_rng(seed).choice(len(store), size=min(k, len(store)), replace=False)
     unit = model.unit_length
     for i in tqdm(sorted(picks.tolist()), desc="re-encode", unit="motion", file=sys.stderr):
@@ -305,8 +305,9 @@ def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | N
     """The store's own check (structure, ranges, names, counts, per-array checksums), the recorded
     config against the store, then, with a checkpoint, re-encoding agreement."""
     problems = list(store.check())
-    if store.meta.get("model_config"):
-        size = recorded_config(store.meta).codebook_size
+    config = Provenance.from_meta(store.meta).config()
+    if config is not None:
+        size = config.codebook_size
         if size != store.codebook_size:
             problems.append(f"model_config: its codebook size {size} differs from the store's "
                             f"{store.codebook_size}")

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
+from tokstore.provenance import Provenance
 from tokstore.sources import name_problem, open_regular, read_captions, read_npy_header, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
@@ -350,7 +351,7 @@ def _resolve_codebook_size(codebook_size: int | None, prob: torch.Tensor | None)
 
 def legacy_dtype(store) -> np.dtype:
     """The dtype the original wrote for this store's model, as recorded in the store's meta."""
-    name = store.meta.get("legacy_code_dtype")
+    name = Provenance.from_meta(store.meta).legacy_code_dtype
     if name not in LEGACY_DTYPES:
         raise LegacyFormatError(f"{store.path}: meta has no usable legacy_code_dtype ({name!r}); "
                                 f"expected one of {', '.join(LEGACY_DTYPES)}")

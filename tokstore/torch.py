@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import TokstoreError
+from .provenance import Provenance
 from .sources import read_split
 from .store.format import crc32
 
@@ -170,10 +171,7 @@ class CodeItems(MutableSequence):
 
 def _model_unit_length(meta: dict) -> int | None:
     """Frames per code of the model the store was built with (None: not recorded)."""
-    from vqvae import VQVAEConfig
-
-    config = meta.get("model_config")
-    return VQVAEConfig.from_dict(config).unit_length if config else None
+    return Provenance.from_meta(meta).unit_length
 
 
 def split_indices(store, split: str | os.PathLike) -> np.ndarray:
