@@ -1,11 +1,20 @@
-"""Shared test fixtures: where the golden sets of the original implementation live."""
+"""Shared test fixtures: where the golden sets of the original implementation live, and where
+temporary stores are written."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# Temporary directories in RAM where there is a tmpfs: the crash and fault tests write thousands
+# of small files, each fsynced (the calls and their order are what they check; a test's process
+# kills lose nothing the page cache holds, so a disk adds only time). --basetemp or
+# PYTEST_DEBUG_TEMPROOT still choose another place.
+if "PYTEST_DEBUG_TEMPROOT" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = "/dev/shm"
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
