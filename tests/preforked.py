@@ -12,11 +12,12 @@ then the wait status. `Preforked` is the test side: a small subprocess.Popen loo
 poll, wait, communicate, send_signal, kill, returncode, stdin/stdout/stderr), so a test signals,
 watches and reaps the real process as it would a Popen one.
 
-What the server imported is imported before the command runs (libraries that read environment
-variables at import read the server's: it is started with OMP_NUM_THREADS=1, as the tests' CLI
-environment sets it); the command's own module (cli, store_child) is run fresh. The server
-issues no warnings and holds no locks, so once-per-process messages and lock state are a fresh
-process's.
+What the server imported is imported before the command runs; variables read when libraries
+load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a fresh process
+would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
+warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
+Commands it cannot stand in for (torchrun, another PYTHONPATH, tests that measure the child's
+own memory) start a real process, through the same calls.
 """
 from __future__ import annotations
 
