@@ -16,8 +16,8 @@ What the server imported is imported before the command runs; variables read whe
 load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a fresh process
 would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
 warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
-Commands it cannot stand in for (torchrun, another PYTHONPATH, tests that measure the child's
-own memory) start a real process, through the same calls.
+Commands it cannot stand in for (torchrun, other programs) start a real process through the
+same calls; tests that measure the child's own memory call subprocess directly.
 """
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ PRELOAD = ["numpy", "torch", "torch.utils.data", "zarr", "h5py", "typer", "typer
            "tqdm", "tokstore",
            "tokstore.store", "tokstore.build", "tokstore.inspect", "tokstore.legacy",
            "tokstore.torch", "vqvae", "store_faults", "store_samples"]
-# read when the libraries load: one server per combination a test asks for
-IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")
+# read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):
+# one server per combination a test asks for
+IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH",
+                         "TOKSTORE_PORTABLE")
 
 
 # ---- the server ---------------------------------------------------------------------------
@@ -172,13 +174,13 @@ class _Server:
         env = {k: v for k, v in os.environ.items()
                if k not in IMPORT_TIME_VARIABLES and not k.startswith("TOKSTORE_TEST_")}
         env.update({k: v for k, v in zip(IMPORT_TIME_VARIABLES, settings) if v is not None})
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
-        self.process = subprocess.Popen([sys.executable, __file__, self.address], cwd=REPO,
-                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-        line = self.process.stdout.readline()
-        if line != "ready\n":
-            raise RuntimeError(f"the preforked server did not start: {line!r}")
+        env["PYTHONPATH"] = os.pathsep.join([p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                             if p] + [str(REPO), str(TESTS)])
+        with open(os.path.join(self.folder, "server.log"), "w") as log:  # its own errors
+            self.process = subprocess.Popen([sys.executable, __file__, self.address], cwd=REPO,
+                                            env=env, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=log, text=True)
+        self.ready = self.process.stdout.readline() == "ready\n"  # not where torch cannot load
 
     def stop(self):
         self.process.stdin.close()
@@ -191,12 +193,22 @@ class _Server:
 _servers: dict[tuple, _Server] = {}  # one per set of import-time variables, made on first use
 
 
-def _server(env: dict) -> _Server:
-    settings = tuple(env.get(k) for k in IMPORT_TIME_VARIABLES)
-    if settings not in _servers or _servers[settings].process.poll() is not None:
+def _server_path(env: dict) -> str | None:
+    """The request's PYTHONPATH less the entries every server has (and fault_site, whose hooks
+    the child installs itself)."""
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+             if p and p not in (str(REPO), str(TESTS), str(SITE))]
+    return os.pathsep.join(extra) or None
+
+
+def _server(env: dict) -> _Server | None:
+    settings = tuple(_server_path(env) if k == "PYTHONPATH" else env.get(k)
+                     for k in IMPORT_TIME_VARIABLES)
+    if settings not in _servers or (_servers[settings].ready and
+                                    _servers[settings].process.poll() is not None):
         _servers[settings] = _Server(settings)
         atexit.register(_servers[settings].stop)
-    return _servers[settings]
+    return _servers[settings] if _servers[settings].ready else None
 
 
 def _request(command, env, cwd, new_session, memory_limit) -> dict | None:
@@ -209,13 +221,11 @@ def _request(command, env, cwd, new_session, memory_limit) -> dict | None:
         run, argv = ["module", command[2]], command[3:]
     elif command[1] == "-c" and len(command) > 2:
         run, argv = ["code", command[2]], command[3:]
-    elif command[1].endswith(".py") and Path(command[1]).parent == TESTS:
+    elif command[1].endswith(".py"):
         run, argv = ["path", command[1]], command[2:]
     else:
         return None
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if not set(path) <= {str(REPO), str(TESTS), str(SITE)}:
-        return None
     return {"run": run, "argv": argv, "env": dict(env), "cwd": str(cwd or os.getcwd()),
             "new_session": new_session, "faults": str(SITE) in path,
             "memory_limit": memory_limit}
@@ -225,7 +235,7 @@ class Preforked:
     """A command run in a child of the preforked server, used like a text-mode subprocess.Popen
     whose stdin, stdout and stderr are each PIPE or DEVNULL."""
 
-    def __init__(self, request: dict, stdin, stdout, stderr):
+    def __init__(self, request: dict, server: _Server, stdin, stdout, stderr):
         self.args = request["args"]
         self.returncode = None
         self._output = {}
@@ -243,7 +253,7 @@ class Preforked:
                 setattr(self, role, None)
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._connection.connect(_server(request["env"]).address)
+            self._connection.connect(server.address)
             socket.send_fds(self._connection, [json.dumps(request).encode()], ends)
         finally:
             for fd in ends:
@@ -308,7 +318,8 @@ def popen(command, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, 
     (memory_limit: RLIMIT_AS in bytes, set in the child)."""
     env = dict(os.environ if env is None else env)
     request = _request(command, env, cwd, start_new_session, memory_limit)
-    if request is None:
+    server = _server(env) if request is not None else None
+    if server is None:
         def limit():
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
@@ -316,7 +327,7 @@ def popen(command, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, 
                                 stderr=stderr, text=True, start_new_session=start_new_session,
                                 preexec_fn=limit if memory_limit else None)
     request["args"] = [str(c) for c in command]
-    return Preforked(request, stdin if stdin is not None else subprocess.DEVNULL,
+    return Preforked(request, server, stdin if stdin is not None else subprocess.DEVNULL,
                      stdout if stdout is not None else subprocess.DEVNULL,
                      stderr if stderr is not None else subprocess.DEVNULL)
 
