@@ -146,18 +146,19 @@ CHILD = textwrap.dedent("""
         assert set(kinds.values()) == {1}, kinds  # each kind once per process
         assert len(kinds) == 3, kinds  # python maps, copied offsets, HDF5 read attempts
         if loader:
-            from torch.utils.data import DataLoader
+            from torch.utils.data import ConcatDataset, DataLoader
             from tokstore.torch import CodeDataset
-            for name in ("codes.zarr", "codes.h5"):
-                dataset = CodeDataset(f"{directory}/{name}")
-                expected = [dataset[i] for i in range(len(dataset))]  # read here, no workers
-                assert len(expected) > 40
-                items = [it for b in DataLoader(dataset, batch_size=7, collate_fn=list,
-                                                num_workers=2, multiprocessing_context="spawn")
-                         for it in b]
-                assert [it.name for it in items] == [it.name for it in expected]
-                assert all(it.codes.tolist() == e.codes.tolist()
-                           for it, e in zip(items, expected))
+            # both stores behind one loader: its two spawned workers take batches in turn, so
+            # each reads both backends (and only two interpreters import torch, not four)
+            stores = [CodeDataset(f"{directory}/{name}") for name in ("codes.zarr", "codes.h5")]
+            expected = [store[i] for store in stores for i in range(len(store))]  # no workers
+            assert all(len(store) > 40 for store in stores)
+            spawned = DataLoader(ConcatDataset(stores), batch_size=7, collate_fn=list,
+                                 num_workers=2, multiprocessing_context="spawn")
+            assert len(spawned) > 2 * 2 * 2  # each worker gets batches of each store
+            items = [it for b in spawned for it in b]
+            assert [it.name for it in items] == [it.name for it in expected]
+            assert all(it.codes.tolist() == e.codes.tolist() for it, e in zip(items, expected))
             print("loader ok")
 
     if __name__ == "__main__":
