@@ -47,3 +47,16 @@ def small_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+# Started first, so that with `-n auto` no worker begins one of these as the others run out of
+# work (each takes several seconds: real processes, torch imported, or many of them in turn).
+SLOW_FIRST = ("torchrun", "killed_at_every_write_step", "spawned", "sigkill", "stop_signal",
+              "sigterm", "thousands_of_skips", "disk_full", "hybrid")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):  # the slowest kind first; the rest keep their order (the sort is stable)
+        return next((k for k, word in enumerate(SLOW_FIRST) if word in item.name), len(SLOW_FIRST))
+
+    items.sort(key=rank)
