@@ -1,11 +1,20 @@
-"""Shared test fixtures: where the golden sets of the original implementation live."""
+"""Shared test fixtures: where the golden sets of the original implementation live, and where
+temporary stores are written."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# Temporary directories in RAM where there is a tmpfs: the crash and fault tests write thousands
+# of small files, each fsynced (the calls and their order are what they check; a test's process
+# kills lose nothing the page cache holds, so a disk adds only time). --basetemp or
+# PYTEST_DEBUG_TEMPROOT still choose another place.
+if "PYTEST_DEBUG_TEMPROOT" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = "/dev/shm"
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -38,3 +47,16 @@ def small_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+# Started first, so that with `-n auto` no worker begins one of these as the others run out of
+# work (each takes several seconds: real processes, torch imported, or many of them in turn).
+SLOW_FIRST = ("torchrun", "killed_at_every_write_step", "spawned", "sigkill", "stop_signal",
+              "sigterm", "thousands_of_skips", "disk_full", "hybrid")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):  # the slowest kind first; the rest keep their order (the sort is stable)
+        return next((k for k, word in enumerate(SLOW_FIRST) if word in item.name), len(SLOW_FIRST))
+
+    items.sort(key=rank)

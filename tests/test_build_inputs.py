@@ -194,22 +194,17 @@ def _plant(dataset, kind: str, what: str) -> str:
 def test_devices_fifos_and_huge_captions_are_refused_at_once(tmp_path, kind, what, reason):
     """In a child process with a timeout and a memory limit: the old build hung on a FIFO and
     read /dev/zero until MemoryError."""
-    import resource
-    import subprocess
-
+    import preforked
     from build_helpers import CLI, REPO, subprocess_env
 
     dataset, checkpoint = tiny_setup(tmp_path, n=N)
     path = _plant(dataset, kind, what)
 
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-
     for on_error in ("fail", "skip"):
         store = tmp_path / f"{on_error}.zarr"
-        result = subprocess.run(CLI + build_args(dataset, checkpoint, store, "--on-error", on_error),
-                                cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                                timeout=120, preexec_fn=limit_memory)
+        result = preforked.run(CLI + build_args(dataset, checkpoint, store, "--on-error", on_error),
+                               cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                               timeout=120, memory_limit=8 << 30)
         assert "Traceback" not in result.stderr
         if on_error == "fail":
             assert result.returncode == 1

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import preforked
 import pytest
 from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
                            run_cli, run_torchrun, subprocess_env, tiny_setup)
@@ -20,8 +21,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_build(tmp_path, name):
     dataset, checkpoint = tiny_setup(tmp_path, n=n, lengths=(8, 40))
     store = tmp_path / name
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1")
-    process = subprocess.Popen(CLI + args, cwd=REPO, env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = preforked.popen(CLI + args, cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while committed(store) == 0 and process.poll() is None and time.monotonic() < deadline:
@@ -33,8 +34,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_build(tmp_path, name):
     killed_at = committed(store)
     assert 0 < killed_at < n
 
-    result = subprocess.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = preforked.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr and f"{n} samples" in result.stdout
     assert run_cli(*build_args(dataset, checkpoint, tmp_path / ("once" + name))).exit_code == 0

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import preforked
 import pytest
 from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
                            run_cli, subprocess_env, tiny_setup)
@@ -49,8 +50,8 @@ def alive(processes: dict[int, str]) -> list[int]:
 
 
 def start_build(args):
-    return subprocess.Popen(CLI + args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return preforked.popen(CLI + args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def start_mid_way_build(tmp_path, name: str):
@@ -83,8 +84,8 @@ def assert_none_alive_soon(processes):
 
 
 def rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args):
-    result = subprocess.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = preforked.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr and f"{N} samples" in result.stdout
     once = tmp_path / ("once" + store.suffix)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pickle
 import struct
-import subprocess
 
 import numpy as np
+import preforked
 import pytest
 from build_helpers import CLI, REPO, build_args, contents, run_cli, subprocess_env, tiny_setup
 
@@ -96,8 +96,9 @@ def test_plain_pickle_checkpoint_is_one_line_without_torch_warnings(world, tmp_p
     checkpoint = tmp_path / "checkpoint.pth"
     checkpoint.write_bytes(pickle.dumps({"net": _Payload()}, protocol=4))
     # a subprocess: pytest would swallow the warnings the user sees
-    done = subprocess.run(CLI + build_args(world["dataset"], checkpoint, tmp_path / "out.zarr"),
-                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO)
+    done = preforked.run(CLI + build_args(world["dataset"], checkpoint, tmp_path / "out.zarr"),
+                         capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                         timeout=300)
     assert done.returncode == 1
     assert "payload ran" not in done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if "preflight" not in line and line.strip()]

@@ -9,6 +9,7 @@ import pickletools
 import textwrap
 
 import numpy as np
+import preforked
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -407,7 +408,6 @@ def test_a_failed_export_leaves_no_temporary_file(tmp_path, verb):
 @pytest.mark.parametrize("what", ["pickle", "prob"])
 def test_import_refuses_a_fifo_at_once(tmp_path, what):
     """The old import blocked forever opening a FIFO given as a legacy file."""
-    import subprocess
     import sys
 
     codes, texts = tmp_path / "codes", tmp_path / "texts"
@@ -421,7 +421,7 @@ def test_import_refuses_a_fifo_at_once(tmp_path, what):
     args = (["--pickle", fifo[what], "--codebook-size", 8] if what == "pickle" else
             ["--codes-dir", codes, "--texts-dir", texts, "--split", tmp_path / "split.txt",
              "--codebook-size", 8] + (["--prob", fifo[what]] if what == "prob" else []))
-    result = subprocess.run([sys.executable, "-m", "cli", "import", "--store", tmp_path / "s.zarr",
+    result = preforked.run([sys.executable, "-m", "cli", "import", "--store", tmp_path / "s.zarr",
                              *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

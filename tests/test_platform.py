@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import preforked
 import pytest
 
 from build_helpers import CLI, subprocess_env
@@ -23,9 +24,11 @@ def store_path(tmp_path, backend):
     return tmp_path / ("codes.zarr" if backend == "zarr" else "codes.h5")
 
 
-def portable_env(tmp_path, block=("fcntl",)) -> dict:
-    """A child environment with the fallbacks forced and `block` made unimportable."""
-    site = tmp_path / "site"
+def portable_env(folder, block=("fcntl",)) -> dict:
+    """A child environment with the fallbacks forced and `block` made unimportable (by a
+    sitecustomize in `folder`: the session's, so that every child with the same environment
+    forks from one preforked server)."""
+    site = folder / "site-{}".format("-".join(block))
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(
         "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in block))
@@ -36,7 +39,7 @@ def portable_env(tmp_path, block=("fcntl",)) -> dict:
 
 
 def run(args, env, cwd=None):
-    result = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = preforked.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -143,18 +146,19 @@ CHILD = textwrap.dedent("""
         assert set(kinds.values()) == {1}, kinds  # each kind once per process
         assert len(kinds) == 3, kinds  # python maps, copied offsets, HDF5 read attempts
         if loader:
-            from torch.utils.data import DataLoader
+            from torch.utils.data import ConcatDataset, DataLoader
             from tokstore.torch import CodeDataset
-            for name in ("codes.zarr", "codes.h5"):
-                dataset = CodeDataset(f"{directory}/{name}")
-                expected = [dataset[i] for i in range(len(dataset))]  # read here, no workers
-                assert len(expected) > 40
-                items = [it for b in DataLoader(dataset, batch_size=7, collate_fn=list,
-                                                num_workers=2, multiprocessing_context="spawn")
-                         for it in b]
-                assert [it.name for it in items] == [it.name for it in expected]
-                assert all(it.codes.tolist() == e.codes.tolist()
-                           for it, e in zip(items, expected))
+            # both stores behind one loader: its two spawned workers take batches in turn, so
+            # each reads both backends (and only two interpreters import torch, not four)
+            stores = [CodeDataset(f"{directory}/{name}") for name in ("codes.zarr", "codes.h5")]
+            expected = [store[i] for store in stores for i in range(len(store))]  # no workers
+            assert all(len(store) > 40 for store in stores)
+            spawned = DataLoader(ConcatDataset(stores), batch_size=7, collate_fn=list,
+                                 num_workers=2, multiprocessing_context="spawn")
+            assert len(spawned) > 2 * 2 * 2  # each worker gets batches of each store
+            items = [it for b in spawned for it in b]
+            assert [it.name for it in items] == [it.name for it in expected]
+            assert all(it.codes.tolist() == e.codes.tolist() for it, e in zip(items, expected))
             print("loader ok")
 
     if __name__ == "__main__":
@@ -162,28 +166,28 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_store_and_spawned_loader_without_fcntl_or_native_calls(tmp_path):
+def test_store_and_spawned_loader_without_fcntl_or_native_calls(tmp_path, tmp_path_factory):
     """Both backends written and read, and a spawn DataLoader (macOS' and Windows' default),
     in a process where fcntl cannot be imported and every fallback is forced; each fallback
     that costs something warns once."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    env = portable_env(tmp_path)
+    env = portable_env(tmp_path_factory.getbasetemp())
     env["PYTHONPATH"] += f"{os.pathsep}{Path(__file__).parent}"  # store_samples
     out = run([sys.executable, str(script), str(tmp_path), "loader"], env).stdout
     assert "loader ok" in out
 
 
-def test_import_without_fcntl_and_ctypes(tmp_path):
+def test_import_without_fcntl_and_ctypes(tmp_path_factory):
     """`import tokstore` (and the CLI module) where neither fcntl nor ctypes can be imported.
     The commands themselves need torch, which needs ctypes: they are run below without fcntl."""
     run([sys.executable, "-c", "import sys; assert sys.modules['ctypes'] is None; "
                                "import tokstore, tokstore.store, cli"],
-        portable_env(tmp_path, block=("fcntl", "ctypes")))
+        portable_env(tmp_path_factory.getbasetemp(), block=("fcntl", "ctypes")))
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_read_commands_without_fcntl(tmp_path, backend):
+def test_read_commands_without_fcntl(tmp_path, tmp_path_factory, backend):
     """info, show, ls and export-pickle where fcntl cannot be imported and every fallback is
     forced (the store is written here, normally)."""
     path = store_path(tmp_path, backend)
@@ -191,7 +195,7 @@ def test_read_commands_without_fcntl(tmp_path, backend):
     with TokenStore.create(path, CODEBOOK, backend=backend,
                            meta={"legacy_code_dtype": "int32"}) as store:
         store.append(names, codes, captions)
-    env = portable_env(tmp_path)
+    env = portable_env(tmp_path_factory.getbasetemp())
     info = json.loads(run([*CLI, "info", str(path), "--json"], env).stdout)
     assert info["samples"] == 12 and info["backend"] == backend
     shown = json.loads(run([*CLI, "show", str(path), names[3], "--json"], env).stdout)

@@ -10,6 +10,7 @@ import re
 import subprocess
 
 import numpy as np
+import preforked
 import pytest
 from build_helpers import CLI, REPO, build_args, subprocess_env, tiny_setup
 from store_samples import batch
@@ -68,8 +69,8 @@ def test_hdf5_build_into_a_full_disk_fails_in_one_line(tmp_path, small_tmpfs):
     dataset whose flush had failed. Now: one line, exit 1, no half-made file left."""
     dataset, checkpoint = tiny_setup(tmp_path, n=4)
     store = small_tmpfs / "store.h5"
-    result = subprocess.run(CLI + build_args(dataset, checkpoint, store), cwd=REPO,
-                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = preforked.run(CLI + build_args(dataset, checkpoint, store), cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and str(store) in lines[0] and "No space left" in lines[0], \

@@ -3,9 +3,9 @@ disk: re-running the same command completes the store, equal to an uninterrupted
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
+import preforked
 import pytest
 from build_helpers import CLI, REPO, assert_same_store, build_args, subprocess_env, tiny_setup
 from store_faults import KILLED
@@ -18,8 +18,8 @@ def build(args, **faults):
     if faults:
         env["PYTHONPATH"] = f"{SITE}{os.pathsep}{env['PYTHONPATH']}"
         env.update({f"TOKSTORE_TEST_{k.upper()}": str(v) for k, v in faults.items()})
-    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=env)
+    return preforked.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=env)
 
 
 @pytest.mark.parametrize("suffix, stop_at", [(".zarr", "zarr.write_record"),

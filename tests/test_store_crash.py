@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import preforked
 import pytest
 from store_samples import CODEBOOK, batch, sample
 
@@ -26,9 +27,9 @@ def backend(request):
 
 def start_writer(path, backend, *extra):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"}
-    return subprocess.Popen([sys.executable, str(CHILD), str(path), backend, str(TOTAL), str(STEP),
-                             *extra], cwd=REPO, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return preforked.popen([sys.executable, str(CHILD), str(path), backend, str(TOTAL), str(STEP),
+                            *extra], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def assert_prefix(store, n):

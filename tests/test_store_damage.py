@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import preforked
 import pytest
 from store_samples import CODEBOOK, batch
 
@@ -29,8 +30,8 @@ def build(path, backend, n=300, commits=1):
 
 
 def start_cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return preforked.popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

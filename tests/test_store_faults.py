@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import preforked
 import pytest
 from store_samples import CODEBOOK, batch
 from test_store_crash import assert_prefix, store_files
@@ -38,9 +39,9 @@ def store_path(tmp_path, backend, name="store"):
 
 def run_child(path, backend, total, **env):
     extra = {f"TOKSTORE_TEST_{k.upper()}": str(v) for k, v in env.items()}
-    return subprocess.run([sys.executable, str(CHILD), str(path), backend, str(total), str(STEP)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}",
+    return preforked.run([sys.executable, str(CHILD), str(path), backend, str(total), str(STEP)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}",
                                **extra})
 
 
@@ -243,11 +244,11 @@ def test_os_error_at_commit_is_precise_and_leaves_nothing(tmp_path, backend, mon
 
 # ---- the writer lock ----------------------------------------------------------------------
 def start_holding_writer(path, backend):
-    writer = subprocess.Popen([sys.executable, str(CHILD), str(path), backend, "32", str(STEP),
-                               "hold"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**os.environ,
-                                   "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"})
+    writer = preforked.popen([sys.executable, str(CHILD), str(path), backend, "32", str(STEP),
+                              "hold"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ,
+                                  "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"})
     for line in iter(writer.stdout.readline, ""):
         if line.startswith("uncommitted"):
             return writer
@@ -292,9 +293,9 @@ def test_forked_children_do_not_keep_the_store_locked(tmp_path, backend):
     path = store_path(tmp_path, backend)
     with TokenStore.create(path, CODEBOOK, backend=backend) as store:
         store.append(*batch(0, 8))
-    parent = subprocess.run([sys.executable, "-c", FORKING_WRITER, str(path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = preforked.run([sys.executable, "-c", FORKING_WRITER, str(path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
     word, worker = parent.stdout.split()
     assert word == "forked", parent.stderr
     orphans = [worker]

@@ -1,6 +1,7 @@
 """tokstore.torch: the training dataset, collate and length-bucketing sampler."""
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import sys
 
@@ -257,8 +258,14 @@ def test_items_with_spawned_workers(tmp_path):
     assert clone[3].codes.tolist() == codes[3].tolist()
     assert_items_are_the_store(items_of(dataset, num_workers=2, multiprocessing_context="spawn"),
                                names, codes)
+    # forkserver pickles the dataset to each worker as spawn does; its workers fork from one
+    # process that has imported torch once, instead of four fresh interpreters importing it
+    preloaded = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
+    context = multiprocessing.get_context("forkserver" if preloaded else "spawn")
+    if preloaded:
+        context.set_forkserver_preload(["torch", "tokstore.torch"])
     loader = DataLoader(dataset, batch_size=3, collate_fn=list, num_workers=4,
-                        multiprocessing_context="spawn", persistent_workers=True)
+                        multiprocessing_context=context, persistent_workers=True)
     for _ in range(2):                     # the second epoch reuses the workers and their store
         assert_items_are_the_store([it for batch in loader for it in batch], names, codes)
 

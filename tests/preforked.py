@@ -1,0 +1,352 @@
+"""Test processes forked from an interpreter that has already imported torch, numpy, zarr, h5py
+and tokstore, instead of a fresh `python -m cli` (or store_child.py) paying ~1-5 s of imports
+each time: the suite starts hundreds of them.
+
+One server per test process (started on first use, stopped at exit) listens on a Unix socket.
+A request carries the command (a module run as __main__ or a script path, and its argv), the
+environment, the working directory, whether to start a new session, and -- as passed file
+descriptors -- the child's stdin, stdout and stderr. The server forks; the child sets all that
+up, runs the command as `python -m` / `python script` would (SystemExit, uncaught exceptions,
+KeyboardInterrupt's re-raised SIGINT, atexit handlers) and exits; the server reports the pid,
+then the wait status. `Preforked` is the test side: a small subprocess.Popen look-alike (pid,
+poll, wait, communicate, send_signal, kill, returncode, stdin/stdout/stderr), so a test signals,
+watches and reaps the real process as it would a Popen one.
+
+What the server imported is imported before the command runs; variables read when libraries
+load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a fresh process
+would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
+warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
+Commands it cannot stand in for (torchrun, other programs) start a real process through the
+same calls; tests that measure the child's own memory call subprocess directly.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SITE = TESTS / "fault_site"
+MODULES = ("cli",)  # what `python -m` may run here; anything else (torchrun) starts fresh
+PRELOAD = ["numpy", "torch", "torch.utils.data", "zarr", "h5py", "typer", "typer.rich_utils",
+           "tqdm", "tokstore",
+           "tokstore.store", "tokstore.build", "tokstore.inspect", "tokstore.legacy",
+           "tokstore.torch", "vqvae", "store_faults", "store_samples"]
+# read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):
+# one server per combination a test asks for
+IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH",
+                         "TOKSTORE_PORTABLE")
+
+
+# ---- the server ---------------------------------------------------------------------------
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _run_child(request: dict, fds: list[int]) -> None:
+    """In the forked child: become the requested process, run its command, exit."""
+    import atexit as child_atexit
+    import io
+    import runpy
+    import traceback
+
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    if request["new_session"]:
+        os.setsid()
+    if request["memory_limit"]:
+        limit = request["memory_limit"]
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False),
+                                                 encoding="utf-8")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.open(1, "wb", closefd=False),
+                                                   encoding="utf-8")
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.open(2, "wb", closefd=False),
+                                                   encoding="utf-8", errors="backslashreplace",
+                                                   line_buffering=True)
+    kind, target = request["run"]
+    first = {"path": target, "module": str(REPO / f"{target}.py"), "code": "-c"}[kind]
+    sys.argv = [first, *request["argv"]]
+    sys.path[0] = {"path": os.path.dirname(target), "module": request["cwd"], "code": ""}[kind]
+    if request["faults"] and any(key.startswith("TOKSTORE_TEST_") for key in os.environ):
+        import store_faults  # what fault_site/sitecustomize.py does in a fresh interpreter
+
+        store_faults.install()
+    code, interrupted = 0, False
+    try:
+        if kind == "path":
+            runpy.run_path(target, run_name="__main__")
+        elif kind == "code":
+            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:  # as the interpreter does with an uncaught exception
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()
+        child_atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code)
+
+
+def serve(address: str) -> None:
+    for name in PRELOAD:
+        __import__(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(address)
+    listener.listen(64)
+    print("ready", flush=True)
+    waiting: dict[int, socket.socket] = {}
+    while True:
+        readable, _, _ = select.select([listener, sys.stdin], [], [], 0.02)
+        if sys.stdin in readable and not sys.stdin.readline():
+            break  # the test process went away
+        if listener in readable:
+            connection, _ = listener.accept()
+            data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+            request = json.loads(data)
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                connection.close()
+                for other in waiting.values():
+                    other.close()
+                _run_child(request, fds)
+            for fd in fds:
+                os.close(fd)
+            connection.send(json.dumps({"pid": pid}).encode())
+            waiting[pid] = connection
+        while waiting:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            connection = waiting.pop(pid, None)
+            if connection is not None:
+                try:
+                    connection.send(json.dumps({"status": status}).encode())
+                except OSError:
+                    pass
+                connection.close()
+    for connection in waiting.values():
+        connection.close()
+
+
+# ---- the test side ------------------------------------------------------------------------
+class _Server:
+    def __init__(self, settings: tuple):
+        self.folder = tempfile.mkdtemp(prefix="tokstore-preforked-")
+        self.address = os.path.join(self.folder, "server.sock")
+        env = {k: v for k, v in os.environ.items()
+               if k not in IMPORT_TIME_VARIABLES and not k.startswith("TOKSTORE_TEST_")}
+        env.update({k: v for k, v in zip(IMPORT_TIME_VARIABLES, settings) if v is not None})
+        env["PYTHONPATH"] = os.pathsep.join([p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                             if p] + [str(REPO), str(TESTS)])
+        with open(os.path.join(self.folder, "server.log"), "w") as log:  # its own errors
+            self.process = subprocess.Popen([sys.executable, __file__, self.address], cwd=REPO,
+                                            env=env, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=log, text=True)
+        self.ready = self.process.stdout.readline() == "ready\n"  # not where torch cannot load
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        for name in os.listdir(self.folder):
+            os.unlink(os.path.join(self.folder, name))
+        os.rmdir(self.folder)
+
+
+_servers: dict[tuple, _Server] = {}  # one per set of import-time variables, made on first use
+
+
+def _server_path(env: dict) -> str | None:
+    """The request's PYTHONPATH less the entries every server has (and fault_site, whose hooks
+    the child installs itself)."""
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+             if p and p not in (str(REPO), str(TESTS), str(SITE))]
+    return os.pathsep.join(extra) or None
+
+
+def _server(env: dict) -> _Server | None:
+    settings = tuple(_server_path(env) if k == "PYTHONPATH" else env.get(k)
+                     for k in IMPORT_TIME_VARIABLES)
+    if settings not in _servers or (_servers[settings].ready and
+                                    _servers[settings].process.poll() is not None):
+        _servers[settings] = _Server(settings)
+        atexit.register(_servers[settings].stop)
+    return _servers[settings] if _servers[settings].ready else None
+
+
+def _request(command, env, cwd, new_session, memory_limit) -> dict | None:
+    """What the server runs for `command` (a subprocess argument list), or None where only a
+    fresh interpreter does (another program or module, a foreign PYTHONPATH entry)."""
+    command = [str(c) for c in command]
+    if len(command) < 2 or command[0] != sys.executable:
+        return None
+    if command[1] == "-m" and len(command) > 2 and command[2] in MODULES:
+        run, argv = ["module", command[2]], command[3:]
+    elif command[1] == "-c" and len(command) > 2:
+        run, argv = ["code", command[2]], command[3:]
+    elif command[1].endswith(".py"):
+        run, argv = ["path", command[1]], command[2:]
+    else:
+        return None
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"run": run, "argv": argv, "env": dict(env), "cwd": str(cwd or os.getcwd()),
+            "new_session": new_session, "faults": str(SITE) in path,
+            "memory_limit": memory_limit}
+
+
+class Preforked:
+    """A command run in a child of the preforked server, used like a text-mode subprocess.Popen
+    whose stdin, stdout and stderr are each PIPE or DEVNULL."""
+
+    def __init__(self, request: dict, server: _Server, stdin, stdout, stderr):
+        self.args = request["args"]
+        self.returncode = None
+        self._output = {}
+        self._readers = []
+        ends = []
+        for role, how in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+            if how == subprocess.PIPE:
+                read, write = os.pipe()
+                child, parent = (read, write) if role == "stdin" else (write, read)
+                ends.append(child)
+                setattr(self, role, open(parent, "w" if role == "stdin" else "r",
+                                         encoding="utf-8"))
+            else:
+                ends.append(os.open(os.devnull, os.O_RDWR))
+                setattr(self, role, None)
+        self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._connection.connect(server.address)
+            socket.send_fds(self._connection, [json.dumps(request).encode()], ends)
+        finally:
+            for fd in ends:
+                os.close(fd)
+        self.pid = json.loads(self._connection.recv(4096))["pid"]
+
+    def _status(self, timeout):
+        if self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], timeout)
+            if not ready:
+                return None
+            message = self._connection.recv(4096)
+            self._connection.close()
+            if not message:
+                raise RuntimeError("the preforked server went away")
+            self.returncode = os.waitstatus_to_exitcode(json.loads(message)["status"])
+        return self.returncode
+
+    def poll(self):
+        return self._status(0)
+
+    def wait(self, timeout=None):
+        if self._status(timeout) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def _read_all(self, role):
+        self._output[role] = getattr(self, role).read()
+
+    def communicate(self, input=None, timeout=None):
+        if self.stdin is not None and not self.stdin.closed:
+            if input:
+                self.stdin.write(input)
+            self.stdin.close()
+        if not self._readers:
+            for role in ("stdout", "stderr"):
+                if getattr(self, role) is not None:
+                    reader = threading.Thread(target=self._read_all, args=(role,), daemon=True)
+                    reader.start()
+                    self._readers.append(reader)
+        for reader in self._readers:
+            reader.join(timeout)
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(timeout)
+        return self._output.get("stdout"), self._output.get("stderr")
+
+
+def popen(command, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False,
+          start_new_session=False, memory_limit=None):
+    """subprocess.Popen(command, ...) in text mode, forked from the server where it can be
+    (memory_limit: RLIMIT_AS in bytes, set in the child)."""
+    env = dict(os.environ if env is None else env)
+    request = _request(command, env, cwd, start_new_session, memory_limit)
+    server = _server(env) if request is not None else None
+    if server is None:
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+        return subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stdout=stdout,
+                                stderr=stderr, text=True, start_new_session=start_new_session,
+                                preexec_fn=limit if memory_limit else None)
+    request["args"] = [str(c) for c in command]
+    return Preforked(request, server, stdin if stdin is not None else subprocess.DEVNULL,
+                     stdout if stdout is not None else subprocess.DEVNULL,
+                     stderr if stderr is not None else subprocess.DEVNULL)
+
+
+def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeout=None,
+        input=None, memory_limit=None):
+    """subprocess.run(command, ...) in text mode, forked from the server where it can be."""
+    pipe = subprocess.PIPE if capture_output else None
+    process = popen(command, cwd=cwd, env=env, stdout=pipe, stderr=pipe,
+                    stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                    memory_limit=memory_limit)
+    try:
+        out, err = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
