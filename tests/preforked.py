@@ -2,7 +2,8 @@
 and tokstore, instead of a fresh `python -m cli` (or store_child.py) paying ~1-5 s of imports
 each time: the suite starts hundreds of them.
 
-One server per test process (started on first use, stopped at exit) listens on a Unix socket.
+One server per test process and environment (started on first use, gone when the test
+process is) listens on a Unix socket.
 A request carries the command (a module run as __main__ or a script path, and its argv), the
 environment, the working directory, whether to start a new session, and -- as passed file
 descriptors -- the child's stdin, stdout and stderr. The server forks; the child sets all that
@@ -164,6 +165,10 @@ def serve(address: str) -> None:
                 connection.close()
     for connection in waiting.values():
         connection.close()
+    folder = os.path.dirname(address)  # its own: the socket and its log
+    for name in os.listdir(folder):
+        os.unlink(os.path.join(folder, name))
+    os.rmdir(folder)
 
 
 # ---- the test side ------------------------------------------------------------------------
@@ -183,11 +188,13 @@ class _Server:
         self.ready = self.process.stdout.readline() == "ready\n"  # not where torch cannot load
 
     def stop(self):
+        """The server ends (and removes its folder) when its stdin closes."""
         self.process.stdin.close()
         self.process.wait(timeout=30)
-        for name in os.listdir(self.folder):
-            os.unlink(os.path.join(self.folder, name))
-        os.rmdir(self.folder)
+        if not self.ready and os.path.isdir(self.folder):  # it never got to its loop
+            for name in os.listdir(self.folder):
+                os.unlink(os.path.join(self.folder, name))
+            os.rmdir(self.folder)
 
 
 _servers: dict[tuple, _Server] = {}  # one per set of import-time variables, made on first use

@@ -42,7 +42,7 @@ def run_child(path, backend, total, **env):
     return preforked.run([sys.executable, str(CHILD), str(path), backend, str(total), str(STEP)],
                          cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}",
-                               **extra})
+                              **extra})
 
 
 def reference(tmp_path, backend, total) -> Path:

@@ -203,12 +203,6 @@ class ZarrContainer:
 
             return ChunkedArray(name, dtype, length, chunk_len, load, mapped=True,
                                 map_whole=map_whole)
-        if self.dir is not None:  # a local copy in another layout (compressed, ...)
-            oscalls.warn_fallback(f"zarr_layout:{self.path}",
-                                  f"tokstore: {self.path}: array {name} is not in the plain "
-                                  f"layout tokstore writes (raw little-endian chunks): it is read "
-                                  f"through zarr, a chunk at a time (~400 us a sample read) and "
-                                  f"copied into each process", StoreFallbackWarning)
         array = self._zarr_array(name)
         if np.dtype(array.dtype) != dtype or array.ndim != 1 or array.shape[0] < length:
             raise StoreCorruptError(f"{self.path}: {name}: zarr array is {array.dtype}"
@@ -218,10 +212,17 @@ class ZarrContainer:
 
         def load(k: int) -> np.ndarray:
             try:
-                return np.asarray(array[k * chunk_len:min((k + 1) * chunk_len, array.shape[0])])
+                values = np.asarray(array[k * chunk_len:min((k + 1) * chunk_len, array.shape[0])])
             except Exception as exc:  # codecs raise what they like (BadGzipFile, TypeError, ...)
                 raise StoreCorruptError(f"{self.path}: zarr cannot read chunk {k} of {name}: "
                                         f"{type(exc).__name__}: {exc}") from None
+            if self.dir is not None:  # a local copy in another layout (compressed, ...) that reads
+                oscalls.warn_fallback(f"zarr_layout:{self.path}",
+                                      f"tokstore: {self.path}: array {name} is not in the plain "
+                                      f"layout tokstore writes (raw little-endian chunks): it is "
+                                      f"read through zarr, a chunk at a time (~400 us a sample "
+                                      f"read) and copied into each process", StoreFallbackWarning)
+            return values
 
         return ChunkedArray(name, dtype, length, chunk_len, load, mapped=False)
 
