@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from build_helpers import TINY, build_args, run_cli, run_torchrun, tiny_config
+from build_helpers import build_args, run_cli, run_torchrun, tiny_config
 
 from benchmarks.baseline import OriginalGetCodes, original_dataset_item
 from tokstore import TokenStore

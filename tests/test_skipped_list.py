@@ -83,7 +83,6 @@ def _raw_record(path):
 def _write_raw_record(path, raw):
     """Write `raw` (a dict) as the newest commit record, with a valid record_crc32."""
     import os
-    import struct
     import zlib
 
     from tokstore.store.format import RECORD_CHECKSUM, RECORD_KEY, record_checksum

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import preforked
 import pytest
 from build_helpers import CLI, REPO, build_args, subprocess_env, tiny_setup

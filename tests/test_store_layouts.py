@@ -3,7 +3,6 @@ still read correctly, and their offset arrays are views of the file's map, share
 reading the store, not a private copy in each."""
 from __future__ import annotations
 
-import shutil
 
 import h5py
 import numpy as np

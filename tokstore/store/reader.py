@@ -15,7 +15,7 @@ import numpy as np
 
 from . import oscalls
 from .errors import NameNotFoundError, StoreCorruptError, StoreFallbackWarning
-from .format import Record, crc32, name_hashes
+from .format import Record, crc32
 
 TEXT_WINDOW = 16 << 20  # bytes of captions searched at a time by select(text_contains=)
 
