@@ -41,6 +41,17 @@ def committed(store) -> int:
         return 0
 
 
+def build_first_entries(dataset, checkpoint, store, count: int = 10) -> None:
+    """Build `store` from the split's first `count` entries, then put the whole split back."""
+    split = dataset.layout.split_file
+    full = split.read_text()
+    split.write_text("".join(f"{n}\n" for n in dataset.names[:count]))
+    try:
+        assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+    finally:
+        split.write_text(full)
+
+
 def build_args(dataset, checkpoint, store, *extra) -> list[str]:
     return ["build", "--root", str(dataset.root), "--checkpoint", str(checkpoint),
             "--store", str(store), *TINY, "--workers", "0", *extra]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from build_helpers import assert_same_store, build_args, contents, run_cli, tiny_config, tiny_setup
+from build_helpers import assert_same_store, build_args, build_first_entries, contents, run_cli, tiny_config, tiny_setup
 
 from tokstore import TokenStore
 from tokstore.demo import save_random_checkpoint
@@ -133,12 +133,8 @@ def test_refuses_a_store_built_differently(tmp_path, change, finished):
 
 def test_a_grown_split_continues_the_store(tmp_path):
     dataset, checkpoint = tiny_setup(tmp_path)
-    split = dataset.layout.split_file
-    full = split.read_text()
-    split.write_text("".join(f"{n}\n" for n in dataset.names[:10]))
     grown = tmp_path / "grown.zarr"
-    assert run_cli(*build_args(dataset, checkpoint, grown)).exit_code == 0
-    split.write_text(full)
+    build_first_entries(dataset, checkpoint, grown)
     result = run_cli(*build_args(dataset, checkpoint, grown))
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output and "this run encoded 14 motions (resumed after 10)" in result.output
