@@ -116,3 +116,23 @@ def test_store_path_that_is_a_dangling_symlink(tmp_path, suffix):
     with pytest.raises(StoreError, match=f"{path} is a symbolic link to a missing"):
         build(path, "zarr" if suffix == ".zarr" else "hdf5", n=3)
     assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_failing_close_after_an_error_leaves_the_first_error(tmp_path, backend):
+    path = tmp_path / f"s.{'zarr' if backend == 'zarr' else 'h5'}"
+    TokenStore.create(path, codebook_size=16, backend=backend).close()
+    store = TokenStore.open(path, mode="a")
+    container_close = store._container.close
+
+    def close():
+        container_close()
+        raise OSError(errno.EIO, "injected close failure")
+
+    store._container.close = close
+    with pytest.raises(KeyError) as raised:
+        with store:
+            raise KeyError("the first error")
+    assert "injected close failure" in "".join(raised.value.__notes__)
+    with TokenStore.open(path) as again:  # still the last commit
+        assert len(again) == 0

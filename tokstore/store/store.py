@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 
 import numpy as np
 
@@ -149,7 +150,17 @@ class TokenStore:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._close(commit=exc_type is None)  # after an error, keep only the last commit
+        if exc is None:
+            self._close(commit=True)
+            return
+        try:
+            self._close(commit=False)  # after an error, keep only the last commit
+        except Exception as failed:  # noqa: BLE001 - the first error is the one to see
+            note = f"closing {self.path} after that failed too: {failed}"
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(note)
+            else:
+                warnings.warn(note, RuntimeWarning, stacklevel=2)
 
     # ---- writing -------------------------------------------------------------------------
     def _write(self) -> StoreWriter:
