@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import shlex
 from dataclasses import dataclass
@@ -157,8 +158,8 @@ def flag_values(flags: list[str] | str) -> dict:
     """The fields that the original command-line flags set, {field: value}, nothing else.
 
     An argparse parser like the original's: one flag per VQVAEConfig field, under its original
-    spelling and the other one (`--x-y` and `--x_y` both work), `--flag value` or `--flag=value`,
-    `--use_patcher` a store_true, the last of a repeated flag winning; `--input-dim` is tokstore's
+    spelling and the others (`--x-y`, `--x_y` and mixes such as `--x-y_z` work), `--flag value`
+    or `--flag=value`, `--use_patcher` a store_true, the last of a repeated flag winning; `--input-dim` is tokstore's
     addition (the original derives it from --dataname). Abbreviated flags are refused rather than
     guessed. Values are checked when a VQVAEConfig is made of them. Raises VQVAEError.
     """
@@ -166,7 +167,7 @@ def flag_values(flags: list[str] | str) -> dict:
     parser = _FlagParser(prog="model flags", add_help=False, allow_abbrev=False,
                          exit_on_error=False)
     for f in dataclasses.fields(VQVAEConfig):
-        spellings = dict.fromkeys([flag_name(f.name), "--" + f.name, "--" + f.name.replace("_", "-")])
+        spellings = dict.fromkeys([flag_name(f.name)] + _mixed_spellings(f.name))
         if f.type == "bool":
             parser.add_argument(*spellings, dest=f.name, action="store_true", default=argparse.SUPPRESS)
         else:
@@ -185,6 +186,14 @@ def flag_values(flags: list[str] | str) -> dict:
         raise VQVAEError(f"unknown model flag {spelled!r}; model flags are: "
                          + " ".join(flag_name(f.name) for f in dataclasses.fields(VQVAEConfig)))
     return vars(given)
+
+
+def _mixed_spellings(field: str) -> list[str]:
+    """Every `--` spelling of a field with each separator '-' or '_' (`--dilation-growth_rate`
+    too, as the parser before argparse took any mix)."""
+    words = field.split("_")
+    return ["--" + words[0] + "".join(sep + word for sep, word in zip(seps, words[1:]))
+            for seps in itertools.product("_-", repeat=len(words) - 1)]
 
 
 class _FlagParser(argparse.ArgumentParser):
