@@ -169,11 +169,6 @@ class CodeItems(MutableSequence):
         return list(other) + list(self)
 
 
-def _model_unit_length(meta: dict) -> int | None:
-    """Frames per code of the model the store was built with (None: not recorded)."""
-    return Provenance.from_meta(meta).unit_length
-
-
 def split_indices(store, split: str | os.PathLike) -> np.ndarray:
     """Store indices of a split file's names, in its order (LoaderError naming a missing one)."""
     names = read_split(split)
@@ -301,7 +296,7 @@ class CodeDataset(Dataset):
 
     @staticmethod
     def _unit_length(meta, argument):
-        from_meta = _model_unit_length(meta)
+        from_meta = Provenance.from_meta(meta).unit_length  # None: not recorded
         if from_meta is not None and argument is not None and from_meta != argument:
             raise LoaderError(f"unit_length={argument} contradicts the store's model config "
                               f"({from_meta} frames per code)")
