@@ -104,7 +104,9 @@ def prepare(options: BuildOptions, device: torch.device,
     else:
         store = TokenStore.open(options.store, "a")
         try:
-            next_entry, load_skipped = _resume_point(store, checked.entries, preflight_skipped)
+            recorded = Provenance.from_meta(store.meta)
+            next_entry, load_skipped = _resume_point(store, recorded, checked.entries,
+                                                     preflight_skipped)
         except BaseException:
             try:
                 store.close()
@@ -112,7 +114,6 @@ def prepare(options: BuildOptions, device: torch.device,
                 log(f"after that error, closing {store.path} failed too "
                     f"({type(exc).__name__}: {exc})")
             raise
-        recorded = Provenance.from_meta(store.meta)
         encoders = recorded.encoders or []
         provenance.encoders = encoders + [encoder] * (encoder not in encoders)
         provenance.exactness_mode = mode if _stored_mode(recorded) == mode else "mixed"
@@ -191,10 +192,11 @@ def _refuse_mixed(store: TokenStore, recorded: Provenance, mode: str, options: B
         "store, or pass --allow-mixed-codes to resume anyway (the store then records mode 'mixed')")
 
 
-def _resume_point(store: TokenStore, entries: list[Entry], preflight_skipped: list[dict]):
+def _resume_point(store: TokenStore, recorded: Provenance, entries: list[Entry],
+                  preflight_skipped: list[dict]):
     """(first split index still to do, load failures recorded so far), after checking that the
-    store holds exactly the samples this split's entries before that index give."""
-    recorded = Provenance.from_meta(store.meta)
+    store (whose provenance is `recorded`) holds exactly the samples this split's entries before
+    that index give."""
     next_entry = recorded.progress.next_entry
     preflight_names = {s["name"] for s in preflight_skipped}
     split_names = {e.name for e in entries}
