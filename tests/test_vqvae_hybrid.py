@@ -183,7 +183,7 @@ def test_the_build_pipeline_with_a_hybrid_engine_hands_back_exact_codes_in_order
 def test_an_inexact_device_build_collects_its_batches_behind_the_launches():
     """The inexact device path (tf32/bf16 on CUDA) launches batches ahead and collects them in
     order; on CPU its codes are the model's own batched codes."""
-    from tokstore.build import _device_batches
+    from tokstore.build_encode import _device_batches
     from tokstore.loading import MotionBatch
 
     model, batches = model_and_batches(n_batches=6, rows=4)  # one row bucket: the batch as it is

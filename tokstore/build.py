@@ -30,8 +30,8 @@ from tqdm import tqdm
 from vqvae import VQVAE, VQVAEConfig, load_checkpoint
 from vqvae.config import flag_values
 
-from .build_encode import (AGREEMENT_SAMPLE, MARGIN_POLICY, RankWork, _device_batches,
-                           encode_batches, encode_windows, one_intra_op_thread, recheck_threads)
+from .build_encode import (AGREEMENT_SAMPLE, MARGIN_POLICY, RankWork, encode_batches,
+                           encode_windows, one_intra_op_thread, recheck_threads)
 from .build_options import (BATCH_FRAMES, EXACT, ON_ERROR, PRECISIONS, BuildError, BuildOptions,
                             BuildSummary, check_options, encode_mode, resolve_device)
 from .build_plan import MixedCodesError, StaleStoreError, prepare
@@ -43,7 +43,7 @@ from .store import StoreError
 
 __all__ = ["AGREEMENT_SAMPLE", "BATCH_FRAMES", "EXACT", "MARGIN_POLICY", "ON_ERROR", "PRECISIONS",
            "BuildError", "BuildInterrupted", "BuildOptions", "BuildSummary", "LoadFailedError",
-           "MixedCodesError", "StaleStoreError", "_device_batches", "build", "encode_batches",
+           "MixedCodesError", "StaleStoreError", "build", "encode_batches",
            "encode_mode", "model_config", "one_intra_op_thread", "recheck_threads",
            "resolve_device"]
 
