@@ -54,11 +54,7 @@ def measure_agreement(options: BuildOptions, model: VQVAE, entries: list[Entry],
         for entry in sample:
             motion = load_motion(entry.motion_path, model.unit_length, engine.mean, engine.std)
             exact = engine.encode_one(motion)
-            x = torch.from_numpy(motion)[None]
-            if model.device.type == "cpu":  # on a pinned thread, as the build encodes
-                fast = engine.threads.submit(fast_codes, model, x, options.precision).result()[0]
-            else:
-                fast = fast_codes(model, x.to(model.device), options.precision)[0]
+            fast = fast_codes_alone(model, engine, motion, options.precision)
             equal += int((exact == fast).sum())
             total += exact.size
     return {"codes": total, "equal": equal, "share": equal / max(total, 1), "motions": len(sample)}
@@ -67,6 +63,16 @@ def measure_agreement(options: BuildOptions, model: VQVAE, entries: list[Entry],
 def fast_codes(model: VQVAE, x: torch.Tensor, precision: str) -> np.ndarray:
     """A batch's codes as this device's kernels compute them at `precision` (no re-check)."""
     return model.encode(x, precision, batch_exact=False).cpu().numpy()
+
+
+def fast_codes_alone(model: VQVAE, engine: ExactEncoder, motion: np.ndarray,
+                     precision: str) -> np.ndarray:
+    """One motion's codes (m, D) -> (codes,) as an inexact build computes them: on CPU on one of
+    the engine's pinned one-thread workers, as the build encodes; else on the model's device."""
+    x = torch.from_numpy(motion)[None]
+    if model.device.type == "cpu":
+        return engine.threads.submit(fast_codes, model, x, precision).result()[0]
+    return fast_codes(model, x.to(model.device), precision)[0]
 
 
 @dataclass

@@ -254,8 +254,7 @@ def reencode(store, checkpoint, k: int, precision: str | None = None, seed: int 
 
 
 def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) -> Reencoding:
-    import torch
-
+    from tokstore.build_encode import fast_codes_alone
     from tokstore.loading import load_motion
     from vqvae import file_sha256
 
@@ -275,12 +274,7 @@ def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) 
         if precision == "fp32":
             fresh = engine.encode_one(motion).astype(np.int64)
         else:  # an inexact build's codes, as its device computes them (CPU: on one thread)
-            x = torch.from_numpy(motion)[None].to(model.device)
-            if model.device.type == "cpu":
-                fresh = engine.threads.submit(_encode_inexact, model, x, precision).result()
-            else:
-                fresh = _encode_inexact(model, x, precision)
-            fresh = fresh.astype(np.int64)
+            fresh = fast_codes_alone(model, engine, motion, precision).astype(np.int64)
         stored = sample.codes.astype(np.int64)
         overlap = min(len(stored), len(fresh))
         same = int((stored[:overlap] == fresh[:overlap]).sum())
@@ -292,11 +286,6 @@ def _reencode(store, engine, model, motion_dir, k, precision, seed, checkpoint) 
         else:
             result.differing.append(sample.name)
     return result
-
-
-def _encode_inexact(model, x, precision: str) -> np.ndarray:
-    """One motion's codes as the model computes them at `precision` (no exact re-check)."""
-    return model.encode(x, precision, batch_exact=False)[0].cpu().numpy()
 
 
 def verify_store(store, checkpoint=None, reencode_k: int = 0, precision: str | None = None,
