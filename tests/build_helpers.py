@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import preforked
 from typer.testing import CliRunner
 
 import cli
@@ -69,16 +70,33 @@ def subprocess_env() -> dict:
 
 
 CLI = [sys.executable, "-m", "cli"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "cli"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# what torchrun gives its ranks where the environment leaves it unset
+TORCHRUN_SETS = {"OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(args, tmp) -> tuple[list[str], dict, int]:
+    """The CLI under torchrun with two CPU ranks, each rank a child of the preforked server that
+    a relay process stands in for (one process more per rank; a fresh `python -m cli` where no
+    server starts): (command, environment, processes per rank). `tmp`: torchrun's TMPDIR (it
+    leaves a torchelastic_* folder there)."""
+    env = {**subprocess_env(), "TMPDIR": str(tmp)}
+    relay = preforked.relayed("cli", env, TORCHRUN_SETS)
+    if relay is None:
+        return TORCHRUN + ["-m", "cli"] + [str(a) for a in args], env, 1
+    program, env = relay
+    return TORCHRUN + ["--no-python"] + program + [str(a) for a in args], env, 2
 
 
 def run_torchrun(args):
     """The CLI under torchrun with two CPU ranks: the finished process (stdout, stderr as text)."""
     import subprocess
+    import tempfile
 
-    return subprocess.run(TORCHRUN + [str(a) for a in args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory(prefix="tokstore-torchrun-") as tmp:
+        command, env, _ = torchrun_command(args, tmp)
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
 
 
 def contents(path) -> dict:

@@ -18,11 +18,15 @@ load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a f
 would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
 warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
 Commands it cannot stand in for (torchrun, other programs) start a real process through the
-same calls; tests that measure the child's own memory call subprocess directly.
+same calls; tests that measure the child's own memory call subprocess directly. A launcher
+(torchrun) still starts for real, but its `python -m cli` children can come from the server: it
+runs `preforked_relay.py` in their place (see `relayed`), a bare interpreter that has the server
+fork the child and passes signals, exit status and its own death on to it.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import resource
@@ -67,8 +71,15 @@ def _run_child(request: dict, fds: list[int]) -> None:
     import runpy
     import traceback
 
+    if request.get("stands_in") and _settings(request["env"]) != _settings(os.environ):
+        # a relay's launcher chose the environment: it must be the one this server imported with
+        os.write(fds[2], f"preforked: the relay's import-time variables "
+                         f"{_settings(request['env'])} are not this server's "
+                         f"{_settings(os.environ)}\n".encode())
+        os._exit(1)
     os.environ.clear()
     os.environ.update(request["env"])
+    tempfile.tempdir = None  # TMPDIR is the request's, as in a fresh process
     os.chdir(request["cwd"])
     if request["new_session"]:
         os.setsid()
@@ -121,6 +132,18 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
+def _stand_in_file(address: str, pid: int) -> str:
+    return os.path.join(os.path.dirname(address), f"{pid}.stands-in")
+
+
+def _record_stand_in(address: str, pid: int, relay: int) -> None:
+    """Say, in the server's folder, which relay the child `pid` stands in for (till it is
+    reaped): see stand_ins."""
+    with open(_stand_in_file(address, pid) + ".new", "w") as record:
+        record.write(str(relay))
+    os.replace(_stand_in_file(address, pid) + ".new", _stand_in_file(address, pid))
+
+
 def serve(address: str) -> None:
     for name in PRELOAD:
         __import__(name)
@@ -129,10 +152,16 @@ def serve(address: str) -> None:
     listener.listen(64)
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}
+    watched: dict[socket.socket, int] = {}  # a relay's connection: the pid forked for it
     while True:
-        readable, _, _ = select.select([listener, sys.stdin], [], [], 0.02)
+        readable, _, _ = select.select([listener, sys.stdin, *watched], [], [], 0.02)
         if sys.stdin in readable and not sys.stdin.readline():
             break  # the test process went away
+        for connection in set(readable) & set(watched):  # a relay hung up: it died
+            pid = watched.pop(connection)
+            if pid in waiting:  # not reaped yet, so its group id is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
         if listener in readable:
             connection, _ = listener.accept()
             data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
@@ -149,6 +178,9 @@ def serve(address: str) -> None:
                 os.close(fd)
             connection.send(json.dumps({"pid": pid}).encode())
             waiting[pid] = connection
+            if request.get("stands_in"):
+                watched[connection] = pid
+                _record_stand_in(address, pid, request["stands_in"])
         while waiting:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -157,7 +189,10 @@ def serve(address: str) -> None:
             if pid == 0:
                 break
             connection = waiting.pop(pid, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_stand_in_file(address, pid))
             if connection is not None:
+                watched.pop(connection, None)
                 try:
                     connection.send(json.dumps({"status": status}).encode())
                 except OSError:
@@ -208,9 +243,15 @@ def _server_path(env: dict) -> str | None:
     return os.pathsep.join(extra) or None
 
 
+def _settings(env) -> tuple:
+    """What tells servers apart: the import-time variables of `env` (PYTHONPATH less the
+    entries every server has)."""
+    return tuple(_server_path(env) if k == "PYTHONPATH" else env.get(k)
+                 for k in IMPORT_TIME_VARIABLES)
+
+
 def _server(env: dict) -> _Server | None:
-    settings = tuple(_server_path(env) if k == "PYTHONPATH" else env.get(k)
-                     for k in IMPORT_TIME_VARIABLES)
+    settings = _settings(env)
     if settings not in _servers or (_servers[settings].ready and
                                     _servers[settings].process.poll() is not None):
         _servers[settings] = _Server(settings)
@@ -337,6 +378,35 @@ def popen(command, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, 
     return Preforked(request, server, stdin if stdin is not None else subprocess.DEVNULL,
                      stdout if stdout is not None else subprocess.DEVNULL,
                      stderr if stderr is not None else subprocess.DEVNULL)
+
+
+def stand_ins() -> dict[int, int]:
+    """{child pid: pid of the relay it stands in for} of the relayed children running now in
+    this process's servers (their parent is the server, the relay is where they belong)."""
+    found = {}
+    for server in _servers.values():
+        for name in os.listdir(server.folder) if os.path.isdir(server.folder) else ():
+            if name.endswith(".stands-in"):
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    found[int(name.split(".")[0])] = int(
+                        Path(server.folder, name).read_text())
+    return found
+
+
+def relayed(module: str, env: dict, launcher_sets: dict) -> tuple[list[str], dict] | None:
+    """For a launcher that starts `python -m module` processes itself (torchrun): the program to
+    have it run instead (the relay, see preforked_relay.py) and the environment to start the
+    launcher with; None where the server cannot start. `launcher_sets`: what the launcher gives
+    its children where `env` leaves it unset (torchrun: OMP_NUM_THREADS=1), so the server's
+    import-time variables are those the children get."""
+    import preforked_relay
+
+    children = {**{k: v for k, v in launcher_sets.items() if k not in env}, **env}
+    server = _server(children) if module in MODULES else None
+    if server is None:
+        return None
+    return ([sys.executable, "-S", str(TESTS / "preforked_relay.py"), module],
+            {**env, preforked_relay.ADDRESS_VARIABLE: server.address})
 
 
 def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeout=None,

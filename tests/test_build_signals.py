@@ -12,7 +12,7 @@ from pathlib import Path
 import preforked
 import pytest
 from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, contents,
-                           run_cli, subprocess_env, tiny_setup)
+                           run_cli, subprocess_env, tiny_setup, torchrun_command)
 
 from tokstore import TokenStore, build_writer
 
@@ -34,11 +34,14 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
 
 
 def descendants(pid: int) -> dict[int, str]:
-    """Every process below `pid` now: {pid: start time}."""
+    """Every process below `pid` now: {pid: start time}. A preforked child counts as the child of
+    the relay it stands in for (its real parent is the server)."""
     stats = {int(p): _stat(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    relays = preforked.stand_ins()
     found, frontier = {}, {pid}
     while frontier:
-        frontier = {p for p, s in stats.items() if s and s[0] in frontier and p not in found}
+        frontier = {p for p, s in stats.items() if s and p not in found and (
+            s[0] in frontier or relays.get(p) in frontier)}
         found.update({p: stats[p][2] for p in frontier})
     return found
 
@@ -185,19 +188,16 @@ def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
     """torchrun passes SIGTERM to both ranks (and the whole group gets it): rank 0 commits and
     speaks, rank 1 stays quiet, the loaders ignore it and die with their rank. torchrun's own
     SignalException traceback is torchrun's."""
-    import sys
-
     dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / "s.zarr"
     args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
                       "--workers", "2")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "cli"]
-    process = subprocess.Popen(torchrun + args, cwd=REPO, env=subprocess_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    command, env, per_rank = torchrun_command(args, tmp_path)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        children = wait_for_workers(process, store, 6)  # 2 ranks, 2 loaders each
+        # 2 ranks (each a relay and its preforked child, or one fresh process), 2 loaders each
+        children = wait_for_workers(process, store, 2 * per_rank + 4)
         os.killpg(process.pid, signal.SIGTERM)  # as a scheduler stops a job
         _, stderr = process.communicate(timeout=120)
     finally:
