@@ -81,7 +81,7 @@ def torchrun_command(args, tmp) -> tuple[list[str], dict, int]:
     server starts): (command, environment, processes per rank). `tmp`: torchrun's TMPDIR (it
     leaves a torchelastic_* folder there)."""
     env = {**subprocess_env(), "TMPDIR": str(tmp)}
-    relay = preforked.relayed("cli", env, TORCHRUN_SETS)
+    relay = preforked.relayed(["-m", "cli"], env, TORCHRUN_SETS)
     if relay is None:
         return TORCHRUN + ["-m", "cli"] + [str(a) for a in args], env, 1
     program, env = relay

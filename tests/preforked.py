@@ -393,19 +393,21 @@ def stand_ins() -> dict[int, int]:
     return found
 
 
-def relayed(module: str, env: dict, launcher_sets: dict) -> tuple[list[str], dict] | None:
-    """For a launcher that starts `python -m module` processes itself (torchrun): the program to
+def relayed(program: list[str], env: dict, launcher_sets: dict) -> tuple[list[str], dict] | None:
+    """For a launcher that starts `python PROGRAM...` processes itself (torchrun): the program to
     have it run instead (the relay, see preforked_relay.py) and the environment to start the
-    launcher with; None where the server cannot start. `launcher_sets`: what the launcher gives
-    its children where `env` leaves it unset (torchrun: OMP_NUM_THREADS=1), so the server's
-    import-time variables are those the children get."""
+    launcher with; None where the server cannot start. `program`: ["-m", MODULE] (one of
+    MODULES) or ["-c", CODE]. `launcher_sets`: what the launcher gives its children where `env`
+    leaves it unset (torchrun: OMP_NUM_THREADS=1), so that the server's import-time variables
+    are those the children get (the child refuses to run otherwise)."""
     import preforked_relay
 
-    children = {**{k: v for k, v in launcher_sets.items() if k not in env}, **env}
-    server = _server(children) if module in MODULES else None
+    if program[0] == "-m" and program[1] not in MODULES:
+        return None
+    server = _server({**launcher_sets, **env})
     if server is None:
         return None
-    return ([sys.executable, "-S", str(TESTS / "preforked_relay.py"), module],
+    return ([sys.executable, "-S", str(TESTS / "preforked_relay.py"), *program],
             {**env, preforked_relay.ADDRESS_VARIABLE: server.address})
 
 

@@ -1,6 +1,7 @@
 """A stand-in process for a program a launcher starts itself (torchrun's ranks): run by a bare
 interpreter (`python -S`, standard library only, ~0.05 s), it has the preforked server fork the
-real command (`python -m MODULE ARGS...`, MODULE from preforked.MODULES) with this process's
+real command (`python -m MODULE ARGS...`, MODULE from preforked.MODULES, or `python -c CODE
+ARGS...`) with this process's
 argv, environment, working directory and stdin/stdout/stderr, and then behaves as that process
 would towards the launcher:
 
@@ -16,7 +17,7 @@ The server's socket comes in the environment variable ADDRESS_VARIABLE (set by
 preforked.relayed), removed before the child gets the environment. The server records which
 relay each child stands in for (preforked.stand_ins), so a test finds the child among the
 relay's descendants.
-Usage: python -S preforked_relay.py MODULE [ARGS...]
+Usage: python -S preforked_relay.py (-m MODULE | -c CODE) [ARGS...]
 """
 import json
 import os
@@ -41,12 +42,12 @@ def _exit_like(status: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    module, args = argv[0], argv[1:]
+    kind, target, args = {"-m": "module", "-c": "code"}[argv[0]], argv[1], argv[2:]
     env = dict(os.environ)
     address = env.pop(ADDRESS_VARIABLE)
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     site = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_site")
-    request = {"run": ["module", module], "argv": args, "env": env, "cwd": os.getcwd(),
+    request = {"run": [kind, target], "argv": args, "env": env, "cwd": os.getcwd(),
                "new_session": True, "faults": site in path, "memory_limit": None,
                "stands_in": os.getpid()}
     # a signal that comes before the child's pid is known waits, then goes to the child
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     message = connection.recv(4096)  # retried after each forwarded signal (PEP 475)
     if not message:
-        print(f"preforked_relay: the server went away before {module} ended", file=sys.stderr)
+        print(f"preforked_relay: the server went away before {target} ended", file=sys.stderr)
         os._exit(1)
     _exit_like(json.loads(message)["status"])
 

@@ -1,0 +1,105 @@
+"""The relay torchrun runs in place of each rank (preforked_relay.py) behaves towards its launcher
+as the rank's own process would: output and exit status are the child's, a signal death is the
+same signal death, a stop signal to the relay's process group reaches the child's group, the
+child (and its own children) die when the relay is SIGKILLed, and a child whose import-time
+variables are not the server's refuses to run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import preforked
+from build_helpers import REPO, subprocess_env
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def start(code: str, *args, env=None, **popen):
+    """`python -c code args` run through the relay as torchrun starts a rank (its own session)."""
+    command, env = preforked.relayed(["-c", textwrap.dedent(code)], env or subprocess_env(), {})
+    return subprocess.Popen(command + list(args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
+def test_output_argv_environment_and_exit_code_are_the_childs(tmp_path):
+    process = start("""
+        import os, sys
+        print(sys.argv[1:], os.getcwd(), os.environ["SEEN"], sys.stdin.read())
+        print("to stderr", file=sys.stderr)
+        sys.exit(3)
+    """, "a", "b", env={**subprocess_env(), "SEEN": "yes"}, stdin=subprocess.PIPE)
+    out, err = process.communicate("input", timeout=60)
+    assert process.returncode == 3
+    assert out == f"['a', 'b'] {REPO} yes input\n"
+    assert err == "to stderr\n"
+
+
+def test_a_signal_death_is_the_relays_signal_death():
+    process = start("import os, signal; os.kill(os.getpid(), signal.SIGUSR1)")
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGUSR1
+
+
+def test_a_stop_signal_to_the_relays_group_reaches_the_childs_group():
+    """As torchrun stops a rank: killpg(SIGTERM). The child and its own child both get it."""
+    process = start("""
+        import os, signal, sys, time
+        def stop(signum, frame):
+            print("child", signal.Signals(signum).name, flush=True)
+            sys.exit(5)
+        signal.signal(signal.SIGTERM, stop)
+        read, write = os.pipe()
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, lambda *_: (print("grandchild SIGTERM", flush=True),
+                                                      os._exit(0)))
+            os.write(write, b"x")
+            time.sleep(60)
+            os._exit(1)
+        os.read(read, 1)  # the grandchild's handler is in place
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    assert process.stdout.readline() == "ready\n"
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 5, err
+    assert sorted(out.splitlines()) == ["child SIGTERM", "grandchild SIGTERM"]
+
+
+def test_the_child_and_its_children_die_with_the_relay():
+    process = start("""
+        import os, time
+        grandchild = os.fork()
+        if grandchild == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(os.getpid(), grandchild, flush=True)
+        time.sleep(60)
+    """)
+    pids = [int(p) for p in process.stdout.readline().split()]
+    assert len(pids) == 2 and not any(_gone(p) for p in pids)
+    assert set(preforked.stand_ins().items()) >= {(pids[0], process.pid)}
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 2
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(_gone(p) for p in pids), "the relayed child outlived its relay"
+
+
+def test_a_child_refuses_import_time_variables_the_server_did_not_import_with():
+    command, env = preforked.relayed(["-c", "print('ran')"], subprocess_env(), {})
+    result = subprocess.run(command, cwd=REPO, env={**env, "OMP_NUM_THREADS": "3"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "import-time variables" in result.stderr
