@@ -147,14 +147,16 @@ CHILD = textwrap.dedent("""
         if loader:
             from torch.utils.data import ConcatDataset, DataLoader
             from tokstore.torch import CodeDataset
-            # both stores behind one loader: its two spawned workers take batches in turn, so
-            # each reads both backends (and only two interpreters import torch, not four)
+            # both stores behind one loader: its one spawned worker reads both backends (one
+            # interpreter imports torch, not one per store). Readers take no lock, so a second
+            # worker would add nothing the portable path does differently; interleaving batches
+            # across workers is test_torch_loader's (forked, forkserver) check
             stores = [CodeDataset(f"{directory}/{name}") for name in ("codes.zarr", "codes.h5")]
             expected = [store[i] for store in stores for i in range(len(store))]  # no workers
             assert all(len(store) > 40 for store in stores)
             spawned = DataLoader(ConcatDataset(stores), batch_size=7, collate_fn=list,
-                                 num_workers=2, multiprocessing_context="spawn")
-            assert len(spawned) > 2 * 2 * 2  # each worker gets batches of each store
+                                 num_workers=1, multiprocessing_context="spawn")
+            assert len(spawned) > 2 * 2  # the worker gets several batches of each store
             items = [it for b in spawned for it in b]
             assert [it.name for it in items] == [it.name for it in expected]
             assert all(it.codes.tolist() == e.codes.tolist() for it, e in zip(items, expected))
