@@ -43,21 +43,21 @@ def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:
     return dataclasses.replace(dataset, root=Path(root), layout=SourceLayout.motionmillion(root))
 
 
-def tiny_built(copy_of_made, tmp_path, n: int = 24, first: int | None = None):
-    """(dataset, checkpoint, store) as tiny_setup(tmp_path, n) and a build of its split's first
-    `first` entries (all of them: None) into tmp_path/"s.zarr" leave them, copied from the one
+def tiny_built(copy_of_made, tmp_path, n: int = 24, first: int | None = None, extra=()):
+    """(dataset, checkpoint, store) as tiny_setup(tmp_path, n) and a build (with the `extra`
+    flags) of its split's first `first` entries (all of them: None) into tmp_path/"s.zarr" leave them, copied from the one
     such tree this test process builds (the fixture copy_of_made). The store's meta names the
     paths it was first built from; a resumed build brings them up to date."""
     def make(where):
         dataset, checkpoint = tiny_setup(where, n=n)
         store = where / "s.zarr"
         if first is None:
-            assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+            assert run_cli(*build_args(dataset, checkpoint, store, *extra)).exit_code == 0
         else:
-            build_first_entries(dataset, checkpoint, store, first)
+            build_first_entries(dataset, checkpoint, store, first, *extra)
         return dataset
 
-    dataset = copy_of_made(f"tiny{n}-first{first}", make)
+    dataset = copy_of_made(f"tiny{n}-first{first}{''.join(extra)}", make)
     return moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth", tmp_path / "s.zarr"
 
 
@@ -70,13 +70,14 @@ def committed(store) -> int:
         return 0
 
 
-def build_first_entries(dataset, checkpoint, store, count: int = 10) -> None:
-    """Build `store` from the split's first `count` entries, then put the whole split back."""
+def build_first_entries(dataset, checkpoint, store, count: int = 10, *extra) -> None:
+    """Build `store` (with the `extra` flags) from the split's first `count` entries, then put
+    the whole split back."""
     split = dataset.layout.split_file
     full = split.read_text()
     split.write_text("".join(f"{n}\n" for n in dataset.names[:count]))
     try:
-        assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+        assert run_cli(*build_args(dataset, checkpoint, store, *extra)).exit_code == 0
     finally:
         split.write_text(full)
 
