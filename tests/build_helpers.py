@@ -39,8 +39,10 @@ def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
 
 
 def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:
-    """The same synthetic dataset (default MotionMillion layout) at `root`: its copy there."""
-    return dataclasses.replace(dataset, root=Path(root), layout=SourceLayout.motionmillion(root))
+    """The same synthetic dataset (default MotionMillion layout) at `root`: its copy there (with
+    lists of its own, that a test may change)."""
+    return dataclasses.replace(dataset, root=Path(root), layout=SourceLayout.motionmillion(root),
+                               names=list(dataset.names), frames=list(dataset.frames))
 
 
 def tiny_built(copy_of_made, tmp_path, n: int = 24, first: int | None = None, extra=()):
