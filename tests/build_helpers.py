@@ -47,9 +47,10 @@ def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:
 
 def tiny_built(copy_of_made, tmp_path, n: int = 24, first: int | None = None, extra=()):
     """(dataset, checkpoint, store) as tiny_setup(tmp_path, n) and a build (with the `extra`
-    flags) of its split's first `first` entries (all of them: None) into tmp_path/"s.zarr" leave them, copied from the one
-    such tree this test process builds (the fixture copy_of_made). The store's meta names the
-    paths it was first built from; a resumed build brings them up to date."""
+    flags) of its split's first `first` entries (all of them: None) into tmp_path/"s.zarr"
+    leave them, copied from the one such tree this test process builds (the fixture
+    copy_of_made). The store's meta names the paths it was first built from; a resumed build
+    brings them up to date."""
     def make(where):
         dataset, checkpoint = tiny_setup(where, n=n)
         store = where / "s.zarr"
