@@ -1,19 +1,25 @@
 """What the build tests share: a tiny dataset and model, running the CLI, reading a store whole."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import preforked
+import typer.main
+import typer.testing
 from typer.testing import CliRunner
 
 import cli
 from tokstore import TokenStore
 from tokstore.store import NotAStoreError
 from tokstore.demo import save_random_checkpoint
-from tokstore.synthetic import make_dataset
+from tokstore.sources import SourceLayout
+from tokstore.synthetic import SyntheticDataset, make_dataset
 from vqvae import VQVAEConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +39,32 @@ def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
     return dataset, checkpoint
 
 
+def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:
+    """The same synthetic dataset (default MotionMillion layout) at `root`: its copy there (with
+    lists of its own, that a test may change)."""
+    return dataclasses.replace(dataset, root=Path(root), layout=SourceLayout.motionmillion(root),
+                               names=list(dataset.names), frames=list(dataset.frames))
+
+
+def tiny_built(copy_of_made, tmp_path, n: int = 24, first: int | None = None, extra=()):
+    """(dataset, checkpoint, store) as tiny_setup(tmp_path, n) and a build (with the `extra`
+    flags) of its split's first `first` entries (all of them: None) into tmp_path/"s.zarr"
+    leave them, copied from the one such tree this test process builds (the fixture
+    copy_of_made). The store's meta names the paths it was first built from; a resumed build
+    brings them up to date."""
+    def make(where):
+        dataset, checkpoint = tiny_setup(where, n=n)
+        store = where / "s.zarr"
+        if first is None:
+            assert run_cli(*build_args(dataset, checkpoint, store, *extra)).exit_code == 0
+        else:
+            build_first_entries(dataset, checkpoint, store, first, *extra)
+        return dataset
+
+    dataset = copy_of_made(f"tiny{n}-first{first}{''.join(extra)}", make)
+    return moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth", tmp_path / "s.zarr"
+
+
 def committed(store) -> int:
     """Samples committed in the store so far (0 before it exists)."""
     try:
@@ -42,13 +74,14 @@ def committed(store) -> int:
         return 0
 
 
-def build_first_entries(dataset, checkpoint, store, count: int = 10) -> None:
-    """Build `store` from the split's first `count` entries, then put the whole split back."""
+def build_first_entries(dataset, checkpoint, store, count: int = 10, *extra) -> None:
+    """Build `store` (with the `extra` flags) from the split's first `count` entries, then put
+    the whole split back."""
     split = dataset.layout.split_file
     full = split.read_text()
     split.write_text("".join(f"{n}\n" for n in dataset.names[:count]))
     try:
-        assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+        assert run_cli(*build_args(dataset, checkpoint, store, *extra)).exit_code == 0
     finally:
         split.write_text(full)
 
@@ -58,9 +91,23 @@ def build_args(dataset, checkpoint, store, *extra) -> list[str]:
             "--store", str(store), *TINY, "--workers", "0", *extra]
 
 
+@functools.cache
+def _click_command(app):
+    return typer.main.get_command(app)
+
+
+class OnceBuiltCliRunner(CliRunner):
+    """typer's CliRunner, building an app's click command once per process instead of on every
+    invoke (~20 ms of signature parsing each time); click makes a fresh context per run."""
+
+    def invoke(self, app, *args, **kwargs):
+        with mock.patch.object(typer.testing, "_get_command", _click_command):
+            return super().invoke(app, *args, **kwargs)
+
+
 def run_cli(*args):
     """The CLI in this process; result.output holds stdout and stderr."""
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
+    return OnceBuiltCliRunner().invoke(cli.app, [str(a) for a in args])
 
 
 def subprocess_env() -> dict:

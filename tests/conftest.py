@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,28 @@ def small_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def _made_once(tmp_path_factory):
+    """key -> (directory, what its maker returned): the trees made so far in this test process."""
+    return {}
+
+
+@pytest.fixture
+def copy_of_made(tmp_path, tmp_path_factory, _made_once):
+    """copy_of_made(key, make) -> what make returned: the files `make(directory)` writes, made once
+    per test process (per key) and copied into this test's tmp_path, so that a test may change
+    them. Building a store costs ~10x copying one on a tmpfs."""
+    def copy(key: str, make):
+        if key not in _made_once:
+            where = tmp_path_factory.mktemp(f"made-{key}")
+            _made_once[key] = where, make(where)
+        where, made = _made_once[key]
+        shutil.copytree(where, tmp_path, symlinks=True, dirs_exist_ok=True)
+        return made
+
+    return copy
 
 
 # Started first, so that with `-n auto` no worker begins one of these as the others run out of

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from build_helpers import assert_same_store, build_args, build_first_entries, contents, run_cli, tiny_config, tiny_setup
+from build_helpers import (assert_same_store, build_args, build_first_entries, contents, run_cli,
+                           tiny_built, tiny_config, tiny_setup)
 
 from tokstore import TokenStore
 from tokstore.demo import save_random_checkpoint
@@ -70,10 +71,8 @@ def test_summary_and_provenance(tmp_path):
     assert meta["skipped"] == [] and meta["build"]["complete"]
 
 
-def test_rerun_of_a_finished_build_is_a_no_op(tmp_path):
-    dataset, checkpoint = tiny_setup(tmp_path)
-    store = tmp_path / "s.zarr"
-    assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+def test_rerun_of_a_finished_build_is_a_no_op(copy_of_made, tmp_path):
+    dataset, checkpoint, store = tiny_built(copy_of_made, tmp_path)
     before = contents(store)
     record = (store / "zarr.json").read_bytes()
     result = run_cli(*build_args(dataset, checkpoint, store))
@@ -108,19 +107,9 @@ def _other_precision(tmp_path, dataset, checkpoint):
 
 @pytest.mark.parametrize("change", [_other_checkpoint, _other_config, _other_stats, _other_precision])
 @pytest.mark.parametrize("finished", [True, False])
-def test_refuses_a_store_built_differently(tmp_path, change, finished):
-    dataset, checkpoint = tiny_setup(tmp_path)
-    store = tmp_path / "s.zarr"
-    if finished:
-        args = build_args(dataset, checkpoint, store)
-    else:  # a store holding the first half of the split, as a build stopped half-way leaves it
-        split = dataset.layout.split_file
-        full = split.read_text()
-        split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))
-        args = build_args(dataset, checkpoint, store)
-    assert run_cli(*args).exit_code == 0
-    if not finished:
-        split.write_text(full)
+def test_refuses_a_store_built_differently(copy_of_made, tmp_path, change, finished):
+    # unfinished: a store holding the first half of the split, as a build stopped half-way leaves it
+    dataset, checkpoint, store = tiny_built(copy_of_made, tmp_path, first=None if finished else 12)
     before = contents(store)
     args, message = change(tmp_path, dataset, checkpoint)
     result = run_cli(*args)
@@ -131,15 +120,14 @@ def test_refuses_a_store_built_differently(tmp_path, change, finished):
     assert after["names"] == before["names"] and np.array_equal(after["counts"], before["counts"])
 
 
-def test_a_grown_split_continues_the_store(tmp_path):
-    dataset, checkpoint = tiny_setup(tmp_path)
+def test_a_grown_split_continues_the_store(copy_of_made, tmp_path):
+    dataset, checkpoint, once = tiny_built(copy_of_made, tmp_path)  # the whole split in one run
     grown = tmp_path / "grown.zarr"
     build_first_entries(dataset, checkpoint, grown)
     result = run_cli(*build_args(dataset, checkpoint, grown))
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output and "this run encoded 14 motions (resumed after 10)" in result.output
-    assert run_cli(*build_args(dataset, checkpoint, tmp_path / "once.zarr")).exit_code == 0
-    assert_same_store(grown, tmp_path / "once.zarr")
+    assert_same_store(grown, once)
 
 
 def test_a_store_from_another_split_is_refused(tmp_path):
@@ -160,21 +148,19 @@ def test_a_store_from_another_split_is_refused(tmp_path):
     ["--workers", "2", "--batch-frames", "50", "--window", "5", "--commit-every", "3"],
     ["--batch-frames", "1", "--window", "1"],
 ])
-def test_loading_and_batching_settings_do_not_change_the_store(tmp_path, settings):
-    dataset, checkpoint = tiny_setup(tmp_path)
-    assert run_cli(*build_args(dataset, checkpoint, tmp_path / "a.zarr")).exit_code == 0
+def test_loading_and_batching_settings_do_not_change_the_store(copy_of_made, tmp_path, settings):
+    dataset, checkpoint, store = tiny_built(copy_of_made, tmp_path)
     result = run_cli(*build_args(dataset, checkpoint, tmp_path / "b.zarr", *settings))
     assert result.exit_code == 0, result.output
-    assert_same_store(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    assert_same_store(store, tmp_path / "b.zarr")
 
 
-def test_backends_hold_the_same_store(tmp_path):
-    dataset, checkpoint = tiny_setup(tmp_path)
-    assert run_cli(*build_args(dataset, checkpoint, tmp_path / "a.zarr")).exit_code == 0
+def test_backends_hold_the_same_store(copy_of_made, tmp_path):
+    dataset, checkpoint, zarr_store = tiny_built(copy_of_made, tmp_path)
     assert run_cli(*build_args(dataset, checkpoint, tmp_path / "b.h5")).exit_code == 0
     with TokenStore.open(tmp_path / "b.h5") as s:
         assert s.backend == "hdf5"  # chosen by the suffix
-    assert_same_store(tmp_path / "a.zarr", tmp_path / "b.h5")
+    assert_same_store(zarr_store, tmp_path / "b.h5")
     # and a finished hdf5 build is a no-op too
     result = run_cli(*build_args(dataset, checkpoint, tmp_path / "b.h5"))
     assert result.exit_code == 0 and "already complete" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from build_helpers import build_args, contents, run_cli, tiny_setup
+from build_helpers import build_args, contents, run_cli, tiny_built, tiny_setup
 
 from tokstore.synthetic import corrupt
 
@@ -27,15 +27,9 @@ ENTRY_DEFECTS = {
 
 
 @pytest.fixture
-def half_built(tmp_path):
+def half_built(copy_of_made, tmp_path):
     """A dataset whose store already holds the first half of the split (the split then grew)."""
-    dataset, checkpoint = tiny_setup(tmp_path, n=N)
-    split = dataset.layout.split_file
-    full = split.read_text()
-    split.write_text("".join(f"{n}\n" for n in dataset.names[:N // 2]))
-    store = tmp_path / "s.zarr"
-    assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
-    split.write_text(full)
+    dataset, checkpoint, store = tiny_built(copy_of_made, tmp_path, n=N, first=N // 2)
     return dataset, checkpoint, store, contents(store)
 
 

@@ -191,16 +191,13 @@ def test_verify_of_a_correct_store_passes_with_more_threads(tmp_path):
 
 
 @pytest.mark.parametrize("first, then", [("fp32", "bf16"), ("bf16", "fp32"), ("bf16", "tf32")])
-def test_a_resume_that_would_mix_exact_and_inexact_codes_is_refused(tmp_path, first, then):
-    from build_helpers import tiny_setup
+def test_a_resume_that_would_mix_exact_and_inexact_codes_is_refused(copy_of_made, tmp_path,
+                                                                    first, then):
+    from build_helpers import tiny_built
 
-    dataset, checkpoint = tiny_setup(tmp_path)
-    split = dataset.layout.split_file
-    full = split.read_text()
-    split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))  # a build stopped half-way
-    store = tmp_path / "s.zarr"
-    assert run_cli(*build_args(dataset, checkpoint, store, "--precision", first)).exit_code == 0
-    split.write_text(full)
+    # a build of the first half of the split, stopped half-way
+    dataset, checkpoint, store = tiny_built(copy_of_made, tmp_path, first=12,
+                                            extra=("--precision", first))
     result = run_cli(*build_args(dataset, checkpoint, store, "--precision", then))
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -278,24 +275,23 @@ def test_a_re_encoded_row_beyond_the_margin_stops_the_build_and_a_re_run_widens_
     assert all(np.array_equal(ours[n], original[n]) for n in dataset.names)
 
 
-def test_a_store_from_before_exactness_was_recorded_resumes_only_if_it_was_exact(tmp_path):
+def test_a_store_from_before_exactness_was_recorded_resumes_only_if_it_was_exact(copy_of_made,
+                                                                                 tmp_path):
     """Older builds recorded no exactness mode and normalized in float64: with float32 statistics
     their codes are not the original's, so resuming them as exact is refused."""
-    from build_helpers import tiny_setup
+    import shutil
 
-    dataset, checkpoint = tiny_setup(tmp_path)
-    split = dataset.layout.split_file
-    full = split.read_text()
-    split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))
+    from build_helpers import tiny_built
+
+    # a build of the split's first 12 entries, once for each of the two older builds below
+    dataset, checkpoint, half = tiny_built(copy_of_made, tmp_path, first=12)
     for stats_dtype, refused in (("float64", False), ("float32", True)):
         store = tmp_path / f"{stats_dtype}.zarr"
-        split.write_text("".join(f"{n}\n" for n in dataset.names[:12]))
-        assert run_cli(*build_args(dataset, checkpoint, store)).exit_code == 0
+        shutil.copytree(half, store)
         with TokenStore.open(store, "a") as s:  # as an older build left it
             s.update_meta({"exactness_mode": None, "mean_dtype": None, "std_dtype": None,
                            "encoders": None, "stats_dtype": stats_dtype})
             s.commit()
-        split.write_text(full)
         result = run_cli(*build_args(dataset, checkpoint, store))
         assert result.exit_code == int(refused), result.output
         if refused:

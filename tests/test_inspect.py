@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+
+from build_helpers import OnceBuiltCliRunner
 
 from cli import app
 from conftest import GOLDEN, golden_info
@@ -16,7 +17,7 @@ from tokstore import TokenStore
 from tokstore.sources import SourceLayout, load_stats, read_captions
 from vqvae import VQVAEConfig, denormalize, file_sha256
 
-runner = CliRunner()
+runner = OnceBuiltCliRunner()
 
 
 def cli(*args, ok=True):

@@ -40,6 +40,13 @@ def build(path, backend, n=N, step=7, **kwargs):
     return path
 
 
+def built(copy_of_made, tmp_path, backend):
+    """build(store_path(tmp_path, backend), backend): the store built once per test process,
+    copied into tmp_path (nine commits of 64-byte chunks take ~10x the copy)."""
+    copy_of_made(f"store-{backend}", lambda where: build(store_path(where, backend), backend))
+    return store_path(tmp_path, backend)
+
+
 def assert_samples(store, start, stop):
     for i in range(start, stop):
         name, codes, texts = sample(i)
@@ -49,8 +56,8 @@ def assert_samples(store, start, stop):
         assert got.texts == texts and store.texts(i) == texts
 
 
-def test_round_trip(tmp_path, backend):
-    path = build(store_path(tmp_path, backend), backend)
+def test_round_trip(copy_of_made, tmp_path, backend):
+    path = built(copy_of_made, tmp_path, backend)
     with TokenStore.open(path) as store:
         assert (len(store), store.backend, store.codebook_size) == (N, backend, CODEBOOK)
         assert (store.end_token, store.pad_token, store.code_dtype) == (1000, 1001, np.uint16)
@@ -112,8 +119,8 @@ def test_code_dtype_choices(tmp_path):
         TokenStore.create(tmp_path / "bad.zarr", 70000, code_dtype="uint16")
 
 
-def test_select(tmp_path, backend):
-    path = build(store_path(tmp_path, backend), backend)
+def test_select(copy_of_made, tmp_path, backend):
+    path = built(copy_of_made, tmp_path, backend)
     samples = [sample(i) for i in range(N)]
     with TokenStore.open(path) as store:
         def expect(keep):
@@ -136,8 +143,8 @@ def test_select(tmp_path, backend):
             lambda n, c, t: len(c) <= 30 and n.startswith("set2/") and any("jump" in x for x in t))
 
 
-def test_counts_and_probs(tmp_path, backend):
-    path = build(store_path(tmp_path, backend), backend)
+def test_counts_and_probs(copy_of_made, tmp_path, backend):
+    path = built(copy_of_made, tmp_path, backend)
     codes = np.concatenate([sample(i)[1] for i in range(N)])
     expected = np.zeros(CODEBOOK + 2, np.int64)
     expected[:CODEBOOK] = np.bincount(codes, minlength=CODEBOOK)
@@ -377,8 +384,8 @@ def flip_code_byte(path, backend, chunk: int):
         f.write(bytes([byte ^ 0x10]))
 
 
-def test_check_finds_a_flipped_byte(tmp_path, backend):
-    path = build(store_path(tmp_path, backend), backend)
+def test_check_finds_a_flipped_byte(copy_of_made, tmp_path, backend):
+    path = built(copy_of_made, tmp_path, backend)
     flip_code_byte(path, backend, chunk=2)
     with TokenStore.open(path) as store:
         problems = store.check()
@@ -386,8 +393,8 @@ def test_check_finds_a_flipped_byte(tmp_path, backend):
     assert all(not p.startswith(("names", "text", "offsets")) for p in problems)
 
 
-def test_check_finds_a_missing_chunk_file(tmp_path):
-    path = build(tmp_path / "store.zarr", "zarr")
+def test_check_finds_a_missing_chunk_file(copy_of_made, tmp_path):
+    path = built(copy_of_made, tmp_path, "zarr")
     (path / "codes" / "c" / "3").unlink()
     with TokenStore.open(path) as store:
         problems = store.check()
@@ -495,8 +502,8 @@ def test_local_zarr_offsets_are_a_shared_map_of_the_chunk_files(tmp_path):
         assert store.texts(n) == ["x\n"] and store.check() == []
 
 
-def test_tiny_chunks_fall_back_to_a_read_only_copy(tmp_path):
-    path = build(tmp_path / "store.zarr", "zarr")  # 64-byte chunks: not page-aligned
+def test_tiny_chunks_fall_back_to_a_read_only_copy(copy_of_made, tmp_path):
+    path = built(copy_of_made, tmp_path, "zarr")  # 64-byte chunks: not page-aligned
     with TokenStore.open(path) as store:
         offsets = store._reader.whole_array("offsets")
         assert offsets.flags.owndata and not offsets.flags.writeable

@@ -29,6 +29,15 @@ def build(path, backend, n=300, commits=1):
     return path
 
 
+def built(copy_of_made, tmp_path, backend, commits=1):
+    """build(tmp_path / "store.zarr" or "store.h5", backend, commits=commits), built once per
+    test process and copied into tmp_path (each test damages its own copy)."""
+    name = "store.zarr" if backend == "zarr" else "store.h5"
+    copy_of_made(f"damage-{backend}-{commits}", lambda where: build(where / name, backend,
+                                                                    commits=commits))
+    return tmp_path / name
+
+
 def start_cli(*args):
     return preforked.popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -71,15 +80,15 @@ def run_verbs(path, tmp_path, verbs=VERBS):
 
 
 # ---- HDF5 files HDF5 itself cannot read: fail at once, not after SWMR's retries ------------
-def test_truncated_hdf5_fails_fast(tmp_path):
-    path = build(tmp_path / "store.h5", "hdf5")
+def test_truncated_hdf5_fails_fast(copy_of_made, tmp_path):
+    path = built(copy_of_made, tmp_path, "hdf5")
     os.truncate(path, hdf5_container.USERBLOCK + 100_000)
     messages = run_verbs(path, tmp_path)
     assert all("damaged" in m for m in messages.values()), messages
 
 
-def test_damaged_hdf5_superblock_fails_fast(tmp_path):
-    path = build(tmp_path / "store.h5", "hdf5")
+def test_damaged_hdf5_superblock_fails_fast(copy_of_made, tmp_path):
+    path = built(copy_of_made, tmp_path, "hdf5")
     with open(path, "r+b") as f:
         f.seek(hdf5_container.USERBLOCK + 30)  # inside the root group address
         byte = f.read(1)
@@ -100,8 +109,8 @@ def newest_slot(path) -> int:
     return int(np.argmax(sequences))
 
 
-def test_flipped_bit_in_newest_hdf5_record_is_an_error(tmp_path):
-    path = build(tmp_path / "store.h5", "hdf5", commits=2)
+def test_flipped_bit_in_newest_hdf5_record_is_an_error(copy_of_made, tmp_path):
+    path = built(copy_of_made, tmp_path, "hdf5", commits=2)
     with open(path, "r+b") as f:  # one bit of the newest record's payload
         f.seek(newest_slot(path) * hdf5_container.SLOT_SIZE + hdf5_container.SLOT_HEADER.size + 40)
         byte = f.read(1)
@@ -117,11 +126,11 @@ def test_flipped_bit_in_newest_hdf5_record_is_an_error(tmp_path):
         assert len(store) == 300 and store.check() == []
 
 
-def test_torn_record_write_reads_the_previous_commit(tmp_path):
+def test_torn_record_write_reads_the_previous_commit(copy_of_made, tmp_path):
     """A commit killed while its record was written: the payload is half new, the slot's header
     still the older one (the header is written after the payload): the previous commit opens,
     and check() finds nothing wrong."""
-    path = build(tmp_path / "store.h5", "hdf5", commits=2)
+    path = built(copy_of_made, tmp_path, "hdf5", commits=2)
     older = 1 - newest_slot(path)
     with open(path, "r+b") as f:
         f.seek(older * hdf5_container.SLOT_SIZE + hdf5_container.SLOT_HEADER.size + 10)
@@ -138,8 +147,8 @@ def test_torn_record_write_reads_the_previous_commit(tmp_path):
     (lambda record: record["lengths"].__setitem__("text", record["lengths"]["text"] - 1),
      ("verify",)),
 ])
-def test_edited_zarr_record_is_an_error(tmp_path, edit, verbs):
-    path = build(tmp_path / "store.zarr", "zarr")
+def test_edited_zarr_record_is_an_error(copy_of_made, tmp_path, edit, verbs):
+    path = built(copy_of_made, tmp_path, "zarr")
     root = json.loads((path / "zarr.json").read_text())
     edit(root["attributes"]["tokstore"])
     (path / "zarr.json").write_text(json.dumps(root, indent=2))
@@ -147,9 +156,9 @@ def test_edited_zarr_record_is_an_error(tmp_path, edit, verbs):
     assert all("checksum" in m for m in messages.values()), messages
 
 
-def test_zarr_record_without_checksum_still_reads(tmp_path):
+def test_zarr_record_without_checksum_still_reads(copy_of_made, tmp_path):
     """Stores written before the record checksum open as they are."""
-    path = build(tmp_path / "store.zarr", "zarr")
+    path = built(copy_of_made, tmp_path, "zarr")
     root = json.loads((path / "zarr.json").read_text())
     del root["attributes"]["tokstore"]["record_crc32"]
     (path / "zarr.json").write_text(json.dumps(root, indent=2))
@@ -172,8 +181,8 @@ def damage_offsets(path, backend, index, value):
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_damaged_offsets_are_a_store_error(tmp_path, backend):
-    path = build(tmp_path / ("store.zarr" if backend == "zarr" else "store.h5"), backend)
+def test_damaged_offsets_are_a_store_error(copy_of_made, tmp_path, backend):
+    path = built(copy_of_made, tmp_path, backend)
     damage_offsets(path, backend, 4, 10**12)  # sample 3 ends, sample 4 starts far outside
     assert_one_line_error(cli("show", path, batch(3, 4)[0][0]), path)
     with TokenStore.open(path) as store:
@@ -190,8 +199,8 @@ def test_damaged_offsets_are_a_store_error(tmp_path, backend):
     [{"name": "no-such-codec"}],
     "not a list",
 ])
-def test_zarr_array_with_another_codec_is_a_store_error(tmp_path, codecs):
-    path = build(tmp_path / "store.zarr", "zarr")
+def test_zarr_array_with_another_codec_is_a_store_error(copy_of_made, tmp_path, codecs):
+    path = built(copy_of_made, tmp_path, "zarr")
     meta_file = path / "codes" / "zarr.json"
     meta = json.loads(meta_file.read_text())
     meta["codecs"] = codecs
