@@ -55,12 +55,13 @@ def test_a_stop_signal_to_the_relays_group_reaches_the_childs_group():
     process = start("""
         import os, signal, sys, time
         def stop(signum, frame):
-            print("child", signal.Signals(signum).name, flush=True)
+            # os.write, not print: the signal may land while print("ready") still holds stdout
+            os.write(1, f"child {signal.Signals(signum).name}\\n".encode())
             sys.exit(5)
         signal.signal(signal.SIGTERM, stop)
         read, write = os.pipe()
         if os.fork() == 0:
-            signal.signal(signal.SIGTERM, lambda *_: (print("grandchild SIGTERM", flush=True),
+            signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"grandchild SIGTERM\\n"),
                                                       os._exit(0)))
             os.write(write, b"x")
             time.sleep(60)
