@@ -10,18 +10,10 @@ import signal
 import subprocess
 import textwrap
 import time
-from pathlib import Path
 
 import preforked
 from build_helpers import REPO, subprocess_env
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"
+from test_lifetime import _gone
 
 
 def start(code: str, *args, env=None, **popen):
