@@ -18,7 +18,8 @@ load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a f
 would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
 warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
 Commands it cannot stand in for (torchrun, other programs) start a real process through the
-same calls; tests that measure the child's own memory call subprocess directly. A launcher
+same calls; a child that measures its own memory resets its peak first (the pickle-bomb tests in
+test_legacy.py: /proc/self/clear_refs, then VmHWM - VmRSS). A launcher
 (torchrun) still starts for real, but its `python -m cli` children can come from the server: it
 runs `preforked_relay.py` in their place (see `relayed`), a bare interpreter that has the server
 fork the child and passes signals, exit status and its own death on to it.
