@@ -51,7 +51,7 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def _made_once(tmp_path_factory):
+def _made_once():
     """key -> (directory, what its maker returned): the trees made so far in this test process."""
     return {}
 
