@@ -65,7 +65,7 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _run_child(request: dict, fds: list[int]) -> None:
+def _run_child(request: dict, fds: list[int], address: str) -> None:
     """In the forked child: become the requested process, run its command, exit."""
     import atexit as child_atexit
     import io
@@ -78,6 +78,8 @@ def _run_child(request: dict, fds: list[int]) -> None:
                          f"{_settings(request['env'])} are not this server's "
                          f"{_settings(os.environ)}\n".encode())
         os._exit(1)
+    if request.get("stands_in"):  # before the command runs: what it does may come to a test first
+        _record_stand_in(address, os.getpid(), request["stands_in"])
     os.environ.clear()
     os.environ.update(request["env"])
     tempfile.tempdir = None  # TMPDIR is the request's, as in a fresh process
@@ -160,12 +162,19 @@ def serve(address: str) -> None:
             break  # the test process went away
         for connection in set(readable) & set(watched):  # a relay hung up: it died
             pid = watched.pop(connection)
-            if pid in waiting:  # not reaped yet, so its group id is still its own
+            if pid in waiting:  # not reaped yet, so the pid and group id are still its own
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)  # its session, its children with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # not yet in its own session: no children yet
         if listener in readable:
             connection, _ = listener.accept()
             data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+            if not data:  # the caller died before asking
+                for fd in fds:
+                    os.close(fd)
+                connection.close()
+                continue
             request = json.loads(data)
             sys.stdout.flush()
             pid = os.fork()
@@ -174,14 +183,14 @@ def serve(address: str) -> None:
                 connection.close()
                 for other in waiting.values():
                     other.close()
-                _run_child(request, fds)
+                _run_child(request, fds, address)
             for fd in fds:
                 os.close(fd)
-            connection.send(json.dumps({"pid": pid}).encode())
             waiting[pid] = connection
             if request.get("stands_in"):
                 watched[connection] = pid
-                _record_stand_in(address, pid, request["stands_in"])
+            with contextlib.suppress(OSError):  # a relay that died already: its hang-up kills pid
+                connection.send(json.dumps({"pid": pid}).encode())
         while waiting:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)

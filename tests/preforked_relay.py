@@ -21,6 +21,7 @@ Usage: python -S preforked_relay.py (-m MODULE | -c CODE) [ARGS...]
 """
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -63,10 +64,18 @@ def main(argv: list[str]) -> None:
         except ProcessLookupError:  # the child's group is gone: its status is on its way
             pass
 
+    # A signal that lands after Python's last check for signals but before a blocking call
+    # enters the kernel would only be forwarded once that call returns (when the child has
+    # ended): the wakeup pipe makes the select below return for it whenever it came.
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    signal.set_wakeup_fd(wakeup_write)
     for sig in FORWARDED:
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-    message = connection.recv(4096)  # retried after each forwarded signal (PEP 475)
+    while connection not in select.select([connection, wakeup_read], [], [])[0]:
+        os.read(wakeup_read, 512)  # the handlers run as select returns
+    message = connection.recv(4096)
     if not message:
         print(f"preforked_relay: the server went away before {target} ended", file=sys.stderr)
         os._exit(1)

@@ -56,11 +56,13 @@ def test_a_stop_signal_to_the_relays_group_reaches_the_childs_group():
             signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"grandchild SIGTERM\\n"),
                                                       os._exit(0)))
             os.write(write, b"x")
-            time.sleep(60)
+            for _ in range(1200):
+                time.sleep(0.05)
             os._exit(1)
         os.read(read, 1)  # the grandchild's handler is in place
         print("ready", flush=True)
-        time.sleep(60)
+        for _ in range(1200):  # short sleeps: a signal landing just before one waits 50 ms
+            time.sleep(0.05)
     """)
     assert process.stdout.readline() == "ready\n"
     os.killpg(process.pid, signal.SIGTERM)
