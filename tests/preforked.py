@@ -9,7 +9,8 @@ environment, the working directory, whether to start a new session, and -- as pa
 descriptors -- the child's stdin, stdout and stderr. The server forks; the child sets all that
 up, runs the command as `python -m` / `python script` would (SystemExit, uncaught exceptions,
 KeyboardInterrupt's re-raised SIGINT, atexit handlers) and exits; the server reports the pid,
-then the wait status. `Preforked` is the test side: a small subprocess.Popen look-alike (pid,
+then the wait status, and reaps the child once the caller hangs up (as a Popen child stays a
+zombie until waited for, its pid and group take signals until then). `Preforked` is the test side: a small subprocess.Popen look-alike (pid,
 poll, wait, communicate, send_signal, kill, returncode, stdin/stdout/stderr), so a test signals,
 watches and reaps the real process as it would a Popen one.
 
@@ -147,22 +148,67 @@ def _record_stand_in(address: str, pid: int, relay: int) -> None:
     os.replace(_stand_in_file(address, pid) + ".new", _stand_in_file(address, pid))
 
 
+def _quiet_preloaded_finalizers() -> None:
+    """torch.library's exit-time finalizers (one per operator library torch registered at
+    import, ~130) take ~30 ms of each child's exit to unregister operators in a process that is
+    ending: no file, output or status depends on them, so children skip the ones imported here.
+    """
+    import torch.library
+    import weakref
+
+    for finalizer, info in list(weakref.finalize._registry.items()):
+        if info.func is torch.library._del_library:
+            finalizer.atexit = False
+
+
+def _wait_status(exited) -> int:
+    """The os.waitpid status of what os.waitid said about an ended child."""
+    if exited.si_code == os.CLD_EXITED:
+        return exited.si_status << 8
+    return exited.si_status | (0x80 if exited.si_code == os.CLD_DUMPED else 0)
+
+
 def serve(address: str) -> None:
     for name in PRELOAD:
         __import__(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(address)
     listener.listen(64)
+    _quiet_preloaded_finalizers()
     print("ready", flush=True)
-    waiting: dict[int, socket.socket] = {}
-    watched: dict[socket.socket, int] = {}  # a relay's connection: the pid forked for it
+    # a child's end wakes the loop at once (a signal that comes before select still wakes it)
+    child_ended, child_ended_write = os.pipe()
+    for fd in (child_ended, child_ended_write):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(child_ended_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the pipe hears it
+    children: dict[int, socket.socket] = {}  # not reaped yet: pid -> its caller's connection
+    callers: dict[socket.socket, int] = {}  # a connection still open -> the pid forked for it
+    relays: set[int] = set()  # the children standing in for a relay (preforked_relay.py)
+    # ended, its status sent: a zombie until its caller hangs up, as a Popen child stays one
+    # until it is waited for (so a signal to its pid or group does not fail before then)
+    ended: set[int] = set()
+
+    def reap(pid: int) -> None:
+        os.waitpid(pid, 0)
+        del children[pid]
+        ended.discard(pid)
+        relays.discard(pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_stand_in_file(address, pid))
+
     while True:
-        readable, _, _ = select.select([listener, sys.stdin, *watched], [], [], 0.02)
+        readable, _, _ = select.select([listener, sys.stdin, child_ended, *callers], [], [], 1)
         if sys.stdin in readable and not sys.stdin.readline():
             break  # the test process went away
-        for connection in set(readable) & set(watched):  # a relay hung up: it died
-            pid = watched.pop(connection)
-            if pid in waiting:  # not reaped yet, so the pid and group id are still its own
+        if child_ended in readable:
+            os.read(child_ended, 4096)
+        for connection in set(readable) & set(callers):  # a caller hung up (it sends no more)
+            pid = callers.pop(connection)
+            connection.close()
+            if pid in ended:
+                reap(pid)
+            elif pid in relays:  # the relay died: the child dies with it, as its group would
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)  # its session, its children with it
                 with contextlib.suppress(ProcessLookupError):
@@ -179,36 +225,33 @@ def serve(address: str) -> None:
             sys.stdout.flush()
             pid = os.fork()
             if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (child_ended, child_ended_write):
+                    os.close(fd)
                 listener.close()
                 connection.close()
-                for other in waiting.values():
+                for other in callers:
                     other.close()
                 _run_child(request, fds, address)
             for fd in fds:
                 os.close(fd)
-            waiting[pid] = connection
+            children[pid], callers[connection] = connection, pid
             if request.get("stands_in"):
-                watched[connection] = pid
+                relays.add(pid)
             with contextlib.suppress(OSError):  # a relay that died already: its hang-up kills pid
                 connection.send(json.dumps({"pid": pid}).encode())
-        while waiting:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            connection = waiting.pop(pid, None)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_stand_in_file(address, pid))
-            if connection is not None:
-                watched.pop(connection, None)
-                try:
-                    connection.send(json.dumps({"status": status}).encode())
-                except OSError:
-                    pass
-                connection.close()
-    for connection in waiting.values():
+        for pid in [pid for pid in children if pid not in ended]:
+            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if exited is None:
+                continue
+            if children[pid] in callers:
+                ended.add(pid)
+                with contextlib.suppress(OSError):
+                    children[pid].send(json.dumps({"status": _wait_status(exited)}).encode())
+            else:
+                reap(pid)
+    for connection in callers:
         connection.close()
     folder = os.path.dirname(address)  # its own: the socket and its log
     for name in os.listdir(folder):
