@@ -10,9 +10,10 @@ descriptors -- the child's stdin, stdout and stderr. The server forks; the child
 up, runs the command as `python -m` / `python script` would (SystemExit, uncaught exceptions,
 KeyboardInterrupt's re-raised SIGINT, atexit handlers) and exits; the server reports the pid,
 then the wait status, and reaps the child once the caller hangs up (as a Popen child stays a
-zombie until waited for, its pid and group take signals until then). `Preforked` is the test side: a small subprocess.Popen look-alike (pid,
-poll, wait, communicate, send_signal, kill, returncode, stdin/stdout/stderr), so a test signals,
-watches and reaps the real process as it would a Popen one.
+zombie until waited for, its pid and group take signals until then). `Preforked` is the test
+side: a small subprocess.Popen look-alike (pid, poll, wait, communicate, send_signal, kill,
+returncode, stdin/stdout/stderr), so a test signals, watches and reaps the real process as it
+would a Popen one.
 
 What the server imported is imported before the command runs; variables read when libraries
 load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a fresh process
