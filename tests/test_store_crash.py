@@ -1,6 +1,7 @@
 """Crash safety: writers killed with SIGKILL, and readers running beside a writer (both backends)."""
 from __future__ import annotations
 
+import io
 import os
 import random
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import preforked
 import pytest
-from store_samples import CODEBOOK, batch, sample
+import store_child
+from store_samples import CODEBOOK, sample
 
 from tokstore import TokenStore
 
@@ -32,6 +34,35 @@ def start_writer(path, backend, *extra):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def write_in_process(path, backend, total, step=STEP) -> str:
+    """What store_child.py prints, run here: the same writer, for a run where nothing is killed."""
+    said = io.StringIO()
+    store_child.write(path, backend, total, step, out=said)
+    return said.getvalue()
+
+
+def allocated(path: Path) -> int:
+    """Bytes of disk the store at `path` takes (its blocks: HDF5 leaves holes, a copy fills them)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_blocks * 512 for p in files)
+
+
+def made_reference(copy_of_made, tmp_path, backend, total) -> tuple[Path, int]:
+    """(tmp_path's copy of the store an uninterrupted writer run makes, the bytes of disk it took
+    as made): made once per test process, per backend and size (the fixture copy_of_made)."""
+    name = f"reference{total}.zarr" if backend == "zarr" else f"reference{total}.h5"
+
+    def make(where):
+        write_in_process(where / name, backend, total)
+        return allocated(where / name)
+
+    return tmp_path / name, copy_of_made(f"store-{name}", make)
+
+
+def reference_store(copy_of_made, tmp_path, backend, total) -> Path:
+    return made_reference(copy_of_made, tmp_path, backend, total)[0]
+
+
 def assert_prefix(store, n):
     """The store holds exactly samples 0..n-1, and is healthy."""
     assert len(store) == n
@@ -48,7 +79,7 @@ def store_files(path: Path) -> dict:
             if p.is_file() and p.name != "tokstore.lock"}
 
 
-def test_sigkill_at_random_points_then_resume(tmp_path, backend):
+def test_sigkill_at_random_points_then_resume(tmp_path, backend, copy_of_made):
     path = tmp_path / ("killed.zarr" if backend == "zarr" else "killed.h5")
     rng = random.Random(20240607)
     seen = []
@@ -65,19 +96,11 @@ def test_sigkill_at_random_points_then_resume(tmp_path, backend):
             assert len(store) % STEP == 0 and len(store) >= int(start)
             assert_prefix(store, len(store))
             seen.append(len(store))
-    writer = start_writer(path, backend)  # resume to the end, uninterrupted
-    out, err = writer.communicate(timeout=120)
-    assert writer.returncode == 0, err
-    assert out.split()[-4:-2] == ["done", str(TOTAL)]
+    said = write_in_process(path, backend, TOTAL)  # resume to the end, uninterrupted
+    assert said.split()[-4:-2] == ["done", str(TOTAL)]
     assert any(n < TOTAL for n in seen), f"no kill landed before the end: {seen}"
 
-    reference = tmp_path / ("reference.zarr" if backend == "zarr" else "reference.h5")
-    with TokenStore.create(reference, CODEBOOK, backend=backend, meta={"model": "test"},
-                           chunk_bytes=64) as store:
-        for start in range(0, TOTAL, STEP):
-            store.append(*batch(start, start + STEP))
-            store.update_meta({"samples_done": start + STEP})
-            store.commit()
+    reference = reference_store(copy_of_made, tmp_path, backend, TOTAL)
     with TokenStore.open(path) as resumed, TokenStore.open(reference) as uninterrupted:
         assert_prefix(resumed, TOTAL)
         assert resumed._record.to_dict() == uninterrupted._record.to_dict()  # lengths, crcs, meta
