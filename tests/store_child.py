@@ -19,7 +19,8 @@ from tokstore import TokenStore
 def write(path, backend: str, total: int, step: int, hold: bool = False, steps=(0,),
           out=None) -> None:
     """Create (or resume) the store at `path` up to `total` samples, `step` to a commit, saying
-    each stage on `out` (stdout: None); `steps` is store_faults.install()'s count of write steps so far."""
+    each stage on `out` (None: stdout); `steps` is store_faults.install()'s count of write steps
+    so far."""
     def say(*words):
         print(*words, file=out or sys.stdout, flush=True)
 

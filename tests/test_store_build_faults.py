@@ -7,7 +7,8 @@ from pathlib import Path
 
 import preforked
 import pytest
-from build_helpers import CLI, REPO, assert_same_store, build_args, subprocess_env, tiny_setup
+from build_helpers import (CLI, REPO, assert_same_store, build_args, moved, subprocess_env,
+                           tiny_setup)
 from store_faults import KILLED
 
 SITE = Path(__file__).resolve().parent / "fault_site"
@@ -22,17 +23,30 @@ def build(args, **faults):
                          env=env)
 
 
+def traced_reference(copy_of_made, tmp_path, suffix, *extra):
+    """(dataset, checkpoint, reference store, the trace of its build) in tmp_path: a tiny dataset
+    and an uninterrupted traced build of it (with the `extra` flags), made once per test process
+    (per suffix and flags: the fixture copy_of_made) and copied here."""
+    def make(where):
+        dataset, checkpoint = tiny_setup(where, n=12)
+        traced = where / "trace.txt"
+        done = build(build_args(dataset, checkpoint, where / f"reference{suffix}", *extra),
+                     trace=traced)
+        assert done.returncode == 0, done.stderr
+        return dataset, traced.read_text().split()
+
+    dataset, trace = copy_of_made(f"build-traced{suffix}{''.join(extra)}", make)
+    return (moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth",
+            tmp_path / f"reference{suffix}", trace)
+
+
 @pytest.mark.parametrize("suffix, stop_at", [(".zarr", "zarr.write_record"),
                                              (".zarr", "zarr.publish"),
                                              (".h5", "hdf5.start_writing"),
                                              (".h5", "hdf5.publish")])
-def test_build_killed_while_creating_its_store_resumes(tmp_path, suffix, stop_at):
-    dataset, checkpoint = tiny_setup(tmp_path, n=12)
-    reference = tmp_path / f"reference{suffix}"
-    traced = tmp_path / "trace.txt"
-    done = build(build_args(dataset, checkpoint, reference), trace=traced)
-    assert done.returncode == 0, done.stderr
-    step = traced.read_text().split().index(stop_at) + 1  # the first: while creating
+def test_build_killed_while_creating_its_store_resumes(tmp_path, suffix, stop_at, copy_of_made):
+    dataset, checkpoint, reference, trace = traced_reference(copy_of_made, tmp_path, suffix)
+    step = trace.index(stop_at) + 1  # the first: while creating
 
     store = tmp_path / f"store{suffix}"
     killed = build(build_args(dataset, checkpoint, store), exit_at=step)
@@ -45,13 +59,9 @@ def test_build_killed_while_creating_its_store_resumes(tmp_path, suffix, stop_at
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
-def test_build_on_a_full_disk_stops_with_one_line_and_resumes(tmp_path, suffix):
-    dataset, checkpoint = tiny_setup(tmp_path, n=12)
-    reference = tmp_path / f"reference{suffix}"
-    traced = tmp_path / "trace.txt"
-    done = build(build_args(dataset, checkpoint, reference, "--commit-every", "4"), trace=traced)
-    assert done.returncode == 0, done.stderr
-    trace = traced.read_text().split()
+def test_build_on_a_full_disk_stops_with_one_line_and_resumes(tmp_path, suffix, copy_of_made):
+    dataset, checkpoint, reference, trace = traced_reference(copy_of_made, tmp_path, suffix,
+                                                             "--commit-every", "4")
     last_commit = max(i for i, kind in enumerate(trace) if kind.endswith("write_record"))
     target = next(i for i in range(last_commit, len(trace)) if trace[i] in ("fsync", "pwrite"))
 

@@ -42,7 +42,7 @@ def write_in_process(path, backend, total, step=STEP) -> str:
 
 
 def allocated(path: Path) -> int:
-    """Bytes of disk the store at `path` takes (its blocks: HDF5 leaves holes, a copy fills them)."""
+    """Bytes of disk the store at `path` takes (its blocks: HDF5 leaves holes, copies fill them)."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_blocks * 512 for p in files)
 

@@ -15,7 +15,8 @@ import numpy as np
 import preforked
 import pytest
 from store_samples import CODEBOOK, batch
-from test_store_crash import assert_prefix, made_reference, reference_store, store_files, write_in_process
+from test_store_crash import (assert_prefix, made_reference, reference_store, store_files,
+                              write_in_process)
 
 from tokstore import TokenStore
 from tokstore.store import StoreError, oscalls
@@ -188,7 +189,7 @@ def test_file_size_limit_mid_build_then_resume(tmp_path, copy_of_made):
     backend, total = "hdf5", 400
     expected = reference_store(copy_of_made, tmp_path, backend, total)
     path = store_path(tmp_path, backend)
-    first = reference_store(copy_of_made, tmp_path, backend, STEP).stat().st_size  # after the first commit
+    first = reference_store(copy_of_made, tmp_path, backend, STEP).stat().st_size  # 1st commit
     failed = run_child(path, backend, total, fsize=(first + expected.stat().st_size) // 2)
     check_failed_run(failed, path, "File too large")
     assert "Exception ignored" not in failed.stderr and "Segmentation" not in failed.stderr
