@@ -105,18 +105,12 @@ def test_killed_at_every_write_step_then_rerun(tmp_path, backend, phase, copy_of
     expected = reference_store(copy_of_made, tmp_path, backend, total)
     path = store_path(tmp_path, backend, "probe")
     start = STEP if phase == "resume" else 0
+    if start:
+        assert run_child(path, backend, start).returncode == 0
     pristine = tmp_path / "pristine"
-
-    def traced(where):
-        """The first `start` samples committed (kept as `pristine`), then a traced run on."""
-        probe = store_path(where, backend, "probe")
-        if start:
-            assert run_child(probe, backend, start).returncode == 0
-            shutil.copytree(probe, where / pristine.name) if probe.is_dir() else \
-                shutil.copy(probe, where / pristine.name)
-        return traced_steps(where, probe, backend, total)
-
-    trace = copy_of_made(f"traced-{backend}-{phase}", traced)
+    if start:
+        shutil.copytree(path, pristine) if path.is_dir() else shutil.copy(path, pristine)
+    trace = traced_steps(tmp_path, path, backend, total)
     points = fault_points(trace)
     if backend == "zarr" and phase == "create":  # zarr's first commit already has every kind
         points = [p for p in points if p <= trace.index("zarr.write_record") + 40]
