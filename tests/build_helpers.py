@@ -137,13 +137,12 @@ def torchrun_command(args, tmp) -> tuple[list[str], dict, int]:
 
 def run_torchrun(args):
     """The CLI under torchrun with two CPU ranks: the finished process (stdout, stderr as text)."""
-    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tokstore-torchrun-") as tmp:
         command, env, _ = torchrun_command(args, tmp)
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
+        return preforked.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
 
 
 def contents(path) -> dict:

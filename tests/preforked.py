@@ -2,8 +2,9 @@
 and tokstore, instead of a fresh `python -m cli` (or store_child.py) paying ~1-5 s of imports
 each time: the suite starts hundreds of them.
 
-One server per test process and environment (started on first use, gone when the test
-process is) listens on a Unix socket.
+One server per test process, environment and preload (what it imports first: with torch, or
+only the store and the CLI; see PRELOADS), started on first use and gone when the test process
+is, listens on a Unix socket.
 A request carries the command (a module run as __main__ or a script path, and its argv), the
 environment, the working directory, whether to start a new session, and -- as passed file
 descriptors -- the child's stdin, stdout and stderr. The server forks; the child sets all that
@@ -19,17 +20,19 @@ What the server imported is imported before the command runs; variables read whe
 load (OMP_NUM_THREADS, ...) get one server per value, so the child sees what a fresh process
 would. The command's own module (cli, store_child.py) runs fresh, and the server issues no
 warnings and holds no locks, so once-per-process messages and lock state are a fresh process's.
-Commands it cannot stand in for (torchrun, other programs) start a real process through the
+Commands it cannot stand in for (other programs and modules) start a real process through the
 same calls; a child that measures its own memory resets its peak first (the pickle-bomb tests in
-test_legacy.py: /proc/self/clear_refs, then VmHWM - VmRSS). A launcher
-(torchrun) still starts for real, but its `python -m cli` children can come from the server: it
-runs `preforked_relay.py` in their place (see `relayed`), a bare interpreter that has the server
-fork the child and passes signals, exit status and its own death on to it.
+test_legacy.py: /proc/self/clear_refs, then VmHWM - VmRSS). A launcher (torchrun, itself a
+child of the server) starts its ranks as real processes, but their `python -m cli` can come
+from the server too: the launcher runs `preforked_relay.py` in their place (see `relayed`), a
+bare interpreter that has the server fork the child and passes signals, exit status and its own
+death on to it.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -45,11 +48,17 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SITE = TESTS / "fault_site"
-MODULES = ("cli",)  # what `python -m` may run here; anything else (torchrun) starts fresh
-PRELOAD = ["numpy", "torch", "torch.utils.data", "zarr", "h5py", "typer", "typer.rich_utils",
-           "tqdm", "tokstore",
-           "tokstore.store", "tokstore.build", "tokstore.inspect", "tokstore.legacy",
-           "tokstore.torch", "vqvae", "store_faults", "store_samples"]
+MODULES = ("cli", "torch.distributed.run")  # what `python -m` may run here; others start fresh
+# what a server imports before it forks, by name (a request names one): "full" for commands
+# that build or load a model; "store" leaves torch out (a child forks ~3x faster from a process
+# a quarter the size) for the store writers and the CLI's commands that never import it
+PRELOADS = {
+    "full": ["numpy", "torch", "torch.utils.data", "zarr", "h5py", "typer", "typer.rich_utils",
+             "tqdm", "tokstore", "tokstore.store", "tokstore.build", "tokstore.inspect",
+             "tokstore.legacy", "tokstore.torch", "vqvae", "store_faults", "store_samples"],
+    "store": ["numpy", "zarr", "h5py", "typer", "typer.rich_utils", "tqdm", "tokstore",
+              "tokstore.store", "store_faults", "store_samples"],
+}
 # read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):
 # one server per combination a test asks for
 IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH",
@@ -154,6 +163,8 @@ def _quiet_preloaded_finalizers() -> None:
     import, ~130) take ~30 ms of each child's exit to unregister operators in a process that is
     ending: no file, output or status depends on them, so children skip the ones imported here.
     """
+    if "torch" not in sys.modules:
+        return
     import torch.library
     import weakref
 
@@ -169,13 +180,14 @@ def _wait_status(exited) -> int:
     return exited.si_status | (0x80 if exited.si_code == os.CLD_DUMPED else 0)
 
 
-def serve(address: str) -> None:
-    for name in PRELOAD:
+def serve(address: str, preload: str) -> None:
+    for name in PRELOADS[preload]:
         __import__(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(address)
     listener.listen(64)
     _quiet_preloaded_finalizers()
+    gc.freeze()
     print("ready", flush=True)
     # a child's end wakes the loop at once (a signal that comes before select still wakes it)
     child_ended, child_ended_write = os.pipe()
@@ -262,7 +274,7 @@ def serve(address: str) -> None:
 
 # ---- the test side ------------------------------------------------------------------------
 class _Server:
-    def __init__(self, settings: tuple):
+    def __init__(self, settings: tuple, preload: str):
         self.folder = tempfile.mkdtemp(prefix="tokstore-preforked-")
         self.address = os.path.join(self.folder, "server.sock")
         env = {k: v for k, v in os.environ.items()
@@ -271,7 +283,8 @@ class _Server:
         env["PYTHONPATH"] = os.pathsep.join([p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                              if p] + [str(REPO), str(TESTS)])
         with open(os.path.join(self.folder, "server.log"), "w") as log:  # its own errors
-            self.process = subprocess.Popen([sys.executable, __file__, self.address], cwd=REPO,
+            self.process = subprocess.Popen([sys.executable, __file__, self.address, preload],
+                                            cwd=REPO,
                                             env=env, stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=log, text=True)
         self.ready = self.process.stdout.readline() == "ready\n"  # not where torch cannot load
@@ -286,7 +299,8 @@ class _Server:
             os.rmdir(self.folder)
 
 
-_servers: dict[tuple, _Server] = {}  # one per set of import-time variables, made on first use
+# one per preload and set of import-time variables, made on first use
+_servers: dict[tuple[str, tuple], _Server] = {}
 
 
 def _server_path(env: dict) -> str | None:
@@ -304,13 +318,12 @@ def _settings(env) -> tuple:
                  for k in IMPORT_TIME_VARIABLES)
 
 
-def _server(env: dict) -> _Server | None:
-    settings = _settings(env)
-    if settings not in _servers or (_servers[settings].ready and
-                                    _servers[settings].process.poll() is not None):
-        _servers[settings] = _Server(settings)
-        atexit.register(_servers[settings].stop)
-    return _servers[settings] if _servers[settings].ready else None
+def _server(env: dict, preload: str = "full") -> _Server | None:
+    key = preload, _settings(env)
+    if key not in _servers or (_servers[key].ready and _servers[key].process.poll() is not None):
+        _servers[key] = _Server(key[1], preload)
+        atexit.register(_servers[key].stop)
+    return _servers[key] if _servers[key].ready else None
 
 
 def _request(command, env, cwd, new_session, memory_limit) -> dict | None:
@@ -415,12 +428,12 @@ class Preforked:
 
 
 def popen(command, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False,
-          start_new_session=False, memory_limit=None):
+          start_new_session=False, memory_limit=None, preload="full"):
     """subprocess.Popen(command, ...) in text mode, forked from the server where it can be
-    (memory_limit: RLIMIT_AS in bytes, set in the child)."""
+    (memory_limit: RLIMIT_AS in bytes, set in the child; preload: which server, see PRELOADS)."""
     env = dict(os.environ if env is None else env)
     request = _request(command, env, cwd, start_new_session, memory_limit)
-    server = _server(env) if request is not None else None
+    server = _server(env, preload) if request is not None else None
     if server is None:
         def limit():
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
@@ -466,12 +479,12 @@ def relayed(program: list[str], env: dict, launcher_sets: dict) -> tuple[list[st
 
 
 def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeout=None,
-        input=None, memory_limit=None):
+        input=None, memory_limit=None, preload="full"):
     """subprocess.run(command, ...) in text mode, forked from the server where it can be."""
     pipe = subprocess.PIPE if capture_output else None
     process = popen(command, cwd=cwd, env=env, stdout=pipe, stderr=pipe,
                     stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                    memory_limit=memory_limit)
+                    memory_limit=memory_limit, preload=preload)
     try:
         out, err = process.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -482,4 +495,4 @@ def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeou
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2])

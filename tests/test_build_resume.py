@@ -17,10 +17,10 @@ from tokstore.synthetic import corrupt
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])
 def test_sigkill_then_rerun_equals_an_uninterrupted_build(tmp_path, name):
-    n = 240  # 30 windows of 8, each committed: the kill lands long before the end
+    n = 240  # 30 windows of 8, a commit every 4: the kill lands long before the end
     dataset, checkpoint = tiny_setup(tmp_path, n=n, lengths=(8, 40))
     store = tmp_path / name
-    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1")
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "32")
     process = preforked.popen(CLI + args, cwd=REPO, env=subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

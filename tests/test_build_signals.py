@@ -16,7 +16,9 @@ from build_helpers import (CLI, REPO, assert_same_store, build_args, committed, 
 
 from tokstore import TokenStore, build_writer
 
-N = 240  # 30 windows of 8: a signal after the first commit lands long before the end
+N = 240  # 30 windows of 8, a commit every 4: a signal after the first commit lands long before
+# the end (zarr writes ~30 ms of files per commit of a few samples: a commit per window would
+# make most of each build's time)
 # one length (24 frames after cropping): every window is one batch of 8, so the exactness
 # calibration (its first ~2k frames of multi-row batches) ends after ~11 windows, long before the
 # loader's workers finish; with distinct lengths it reads the whole tiny set ahead first
@@ -58,12 +60,12 @@ def start_build(args):
 
 
 def start_mid_way_build(tmp_path, name: str):
-    """A build of N motions, one commit per window of 8, two loader workers, just started."""
+    """A build of N motions in windows of 8, a commit every 4, two loader workers, just started."""
     dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / name
-    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "32",
                       "--workers", "2")
-    return dataset, checkpoint, store, args, start_build(args)
+    return store, args, start_build(args)
 
 
 def wait_for_workers(process, store, workers: int):
@@ -86,19 +88,29 @@ def assert_none_alive_soon(processes):
     assert alive(processes) == [], "build processes outlived the build by 2 s"
 
 
-def rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args):
+def clean_build(copy_of_made, tmp_path, suffix: str) -> Path:
+    """An uninterrupted build of the N motions into tmp_path/clean/once{suffix}: made once per
+    test process (the dataset and model are the same in every test: tiny_setup's seed)."""
+    def make(where):
+        dataset, checkpoint = tiny_setup(where / "clean", n=N, lengths=LENGTHS)
+        assert run_cli(*build_args(dataset, checkpoint, where / "clean" / f"once{suffix}")
+                       ).exit_code == 0
+
+    copy_of_made(f"signals-clean{suffix}", make)
+    return tmp_path / "clean" / f"once{suffix}"
+
+
+def rerun_equals_a_clean_build(copy_of_made, tmp_path, store, args):
     result = preforked.run(CLI + args, cwd=REPO, env=subprocess_env(), capture_output=True,
                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr and f"{N} samples" in result.stdout
-    once = tmp_path / ("once" + store.suffix)
-    assert run_cli(*build_args(dataset, checkpoint, once)).exit_code == 0
-    assert_same_store(store, once)
+    assert_same_store(store, clean_build(copy_of_made, tmp_path, store.suffix))
 
 
 @pytest.mark.parametrize("name", ["s.zarr", "s.h5"])
-def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
-    dataset, checkpoint, store, args, process = start_mid_way_build(tmp_path, name)
+def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name, copy_of_made):
+    store, args, process = start_mid_way_build(tmp_path, name)
     try:
         children = wait_for_workers(process, store, 2)
         process.send_signal(signal.SIGKILL)
@@ -107,16 +119,17 @@ def test_sigkill_with_workers_leaves_no_process_and_no_lock(tmp_path, name):
     assert process.returncode == -signal.SIGKILL
     assert_none_alive_soon(children)
     assert 0 < committed(store) < N
-    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
+    rerun_equals_a_clean_build(copy_of_made, tmp_path, store, args)
 
 
 @pytest.mark.parametrize("name, sig, ctrl_c_twice", [
     ("s.zarr", signal.SIGTERM, False), ("s.h5", signal.SIGTERM, False),
     ("s.zarr", signal.SIGINT, False), ("s.h5", signal.SIGINT, True)])
 def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_path, name, sig,
-                                                                           ctrl_c_twice):
+                                                                           ctrl_c_twice,
+                                                                           copy_of_made):
     """ctrl_c_twice: SIGINT to the whole process group (workers too), and again 50 ms later."""
-    dataset, checkpoint, store, args, process = start_mid_way_build(tmp_path, name)
+    store, args, process = start_mid_way_build(tmp_path, name)
     try:
         children = wait_for_workers(process, store, 2)
         if ctrl_c_twice:
@@ -136,7 +149,7 @@ def test_a_stop_signal_with_workers_commits_says_so_in_one_line_and_resumes(tmp_
     assert lines == [f"interrupted by {signal.Signals(sig).name}: {kept} samples committed to "
                      f"{store}; re-run the same command to resume"], stderr
     assert "Traceback" not in stderr
-    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
+    rerun_equals_a_clean_build(copy_of_made, tmp_path, store, args)
 
 
 def _signal_after_windows(monkeypatch, windows: int, sig=signal.SIGTERM, during_commit=()):
@@ -184,17 +197,17 @@ def test_sigterm_commits_every_finished_window_even_if_signalled_again(tmp_path,
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
-def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
+def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path, copy_of_made):
     """torchrun passes SIGTERM to both ranks (and the whole group gets it): rank 0 commits and
     speaks, rank 1 stays quiet, the loaders ignore it and die with their rank. torchrun's own
     SignalException traceback is torchrun's."""
     dataset, checkpoint = tiny_setup(tmp_path, n=N, lengths=LENGTHS)
     store = tmp_path / "s.zarr"
-    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "1",
+    args = build_args(dataset, checkpoint, store, "--window", "8", "--commit-every", "32",
                       "--workers", "2")
     command, env, per_rank = torchrun_command(args, tmp_path)
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = preforked.popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # 2 ranks (each a relay and its preforked child, or one fresh process), 2 loaders each
         children = wait_for_workers(process, store, 2 * per_rank + 4)
@@ -208,4 +221,4 @@ def test_sigterm_to_torchrun_commits_once_and_leaves_no_process(tmp_path):
         f"interrupted by SIGTERM: {kept} samples committed to {store}; re-run the same command "
         "to resume"], stderr
     assert not [line for line in stderr.splitlines() if line.startswith("[rank")], stderr
-    rerun_equals_a_clean_build(tmp_path, dataset, checkpoint, store, args)
+    rerun_equals_a_clean_build(copy_of_made, tmp_path, store, args)

@@ -201,6 +201,33 @@ def test_stats_plot_of_an_imported_store_without_a_model(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_stats_plot_checks_its_path_before_drawing_and_leaves_nothing_when_drawing_fails(
+        stores, tmp_path, monkeypatch):
+    """A path that cannot be written is refused before the drawing (~1 s at 64,000 codes), and
+    a figure that fails to draw leaves no file where there was none."""
+    pytest.importorskip("matplotlib")
+    from tokstore import plots
+
+    drawn = []
+    real = plots._draw
+
+    def failing(*args):
+        drawn.append(args)
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "_draw", failing)
+    store = stores("fsq64000")
+    missing = tmp_path / "no" / "such" / "dir" / "stats.png"
+    result = cli("stats", store, "--plot", missing, ok=False)
+    assert result.exit_code != 0 and f"error: {missing}" in result.output and drawn == []
+    out = tmp_path / "stats.png"
+    failed = cli("stats", store, "--plot", out, ok=False)
+    assert isinstance(failed.exception, RuntimeError) and len(drawn) == 1 and not out.exists()
+    monkeypatch.setattr(plots, "_draw", real)
+    cli("stats", store, "--plot", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_fsq_digit_counts_split_each_code_into_its_levels():
     from tokstore.inspect import fsq_digit_counts
 

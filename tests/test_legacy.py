@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from build_helpers import REPO
+from build_helpers import REPO, subprocess_env
 from tokstore import TokenStore
 from tokstore.legacy import legacy_probs, read_all_data
 
@@ -360,7 +360,7 @@ def test_a_pickle_declaring_a_huge_array_is_refused_without_allocating_it(tmp_pa
         runpy.run_module("cli", run_name="__main__")
     """)
     result = preforked.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
     err = result.stderr
     assert err.startswith(f"error: {payload}: ") and len(err.strip().splitlines()) == 1, err
@@ -427,7 +427,8 @@ def test_import_refuses_a_fifo_at_once(tmp_path, what):
             ["--codes-dir", codes, "--texts-dir", texts, "--split", tmp_path / "split.txt",
              "--codebook-size", 8] + (["--prob", fifo[what]] if what == "prob" else []))
     result = preforked.run([sys.executable, "-m", "cli", "import", "--store", tmp_path / "s.zarr",
-                             *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                             *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env=subprocess_env())
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert str(fifo[what]) in line and "not a regular file" in line

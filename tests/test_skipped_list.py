@@ -141,3 +141,32 @@ def test_oversized_record_fails_naming_store_and_keeps_last_commit(tmp_path):
         s._close(commit=False)
     with TokenStore.open(path) as s:  # still readable, at its last commit
         assert len(s) == 1 and s.check() == [] and "blob" not in s.meta
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_the_lists_handed_out_are_copies(tmp_path, old):
+    """meta["skipped"] and .skipped are the caller's to change, flat entries (copied one by one)
+    and nested ones alike, while writing, once committed, and in an older store's meta."""
+    entries = [{"name": "a", "path": "/p/a", "reason": "r"},
+               {"name": "b", "reason": "r", "detail": {"frames": [1, 2]}}]
+    path = tmp_path / "s.zarr"
+    if old:
+        _old_format(path, entries)
+    else:
+        with TokenStore.create(path, 16) as s:
+            s.append(["a"], [np.arange(3)], [["hi\n"]])
+            s.update_meta({"skipped": entries})
+
+    def spoil(s):
+        for listed in (s.meta["skipped"], s.skipped):
+            listed[0]["name"] = "changed"
+            listed[1]["detail"]["frames"].append(3)
+            listed.append({"name": "extra"})
+        assert s.meta["skipped"] == entries and s.skipped == entries
+
+    with TokenStore.open(path, "a") as s:
+        spoil(s)
+        s.update_meta({"skipped": entries})
+        spoil(s)  # the writer's new list, not committed yet
+    with TokenStore.open(path) as s:
+        spoil(s)

@@ -31,7 +31,8 @@ def start_writer(path, backend, *extra):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"}
     return preforked.popen([sys.executable, str(CHILD), str(path), backend, str(TOTAL), str(STEP),
                             *extra], cwd=REPO, env=env, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preload="store")
 
 
 def write_in_process(path, backend, total, step=STEP) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import preforked
 import pytest
+from build_helpers import subprocess_env
 from store_samples import CODEBOOK, batch
 
 from tokstore import TokenStore
@@ -41,7 +42,7 @@ def built(copy_of_made, tmp_path, backend, commits=1):
 def start_cli(*args):
     return preforked.popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                           env=subprocess_env())
 
 
 def finish(process, timeout=120):

@@ -41,7 +41,7 @@ def store_path(tmp_path, backend, name="store"):
 def run_child(path, backend, total, **env):
     extra = {f"TOKSTORE_TEST_{k.upper()}": str(v) for k, v in env.items()}
     return preforked.run([sys.executable, str(CHILD), str(path), backend, str(total), str(STEP)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         cwd=REPO, capture_output=True, text=True, timeout=300, preload="store",
                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}",
                               **extra})
 
@@ -253,7 +253,7 @@ def test_os_error_at_commit_is_precise_and_leaves_nothing(tmp_path, backend, mon
 def start_holding_writer(path, backend):
     writer = preforked.popen([sys.executable, str(CHILD), str(path), backend, "32", str(STEP),
                               "hold"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
+                             stderr=subprocess.PIPE, text=True, preload="store",
                              env={**os.environ,
                                   "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"})
     for line in iter(writer.stdout.readline, ""):
@@ -301,7 +301,7 @@ def test_forked_children_do_not_keep_the_store_locked(tmp_path, backend):
     with TokenStore.create(path, CODEBOOK, backend=backend) as store:
         store.append(*batch(0, 8))
     parent = preforked.run([sys.executable, "-c", FORKING_WRITER, str(path)], cwd=REPO,
-                           capture_output=True, text=True, timeout=60,
+                           capture_output=True, text=True, timeout=60, preload="store",
                            env={**os.environ, "PYTHONPATH": str(REPO)})
     word, worker = parent.stdout.split()
     assert word == "forked", parent.stderr

