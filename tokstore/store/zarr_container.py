@@ -1,11 +1,12 @@
 """The Zarr v3 container: a local directory or any fsspec URL (memory://, s3://, ...).
 
-Writes go through zarr-python. Reads of a local directory skip it: each array's zarr.json is
-parsed here and, when the layout is the plain one tokstore writes (regular 1-D chunks, the bytes
-codec, little-endian, no compression), chunk files are memory-mapped, so that reading one
-sample costs a numpy slice instead of a zarr call (~400 us). Anything else -- URLs, compressed
-copies -- is read through zarr one whole chunk at a time (a local copy in another layout warns
-once: StoreFallbackWarning).
+zarr-python creates the store. A local directory in the plain layout tokstore writes (regular
+1-D chunks, the bytes codec, little-endian, no compression; see zarr_plain.py) is then read and
+written around it: each array's zarr.json is parsed here, chunk files are memory-mapped, so that
+reading one sample costs a numpy slice instead of a zarr call (~400 us), and written as
+zarr-python writes them (zarr_plain.PlainArray) without its ~1.5 ms a call. Anything else --
+URLs, compressed copies -- goes through zarr-python, read one whole chunk at a time (a local copy
+in another layout warns once: StoreFallbackWarning).
 
 A local store is created in a temporary directory beside its path and renamed into place once
 its first commit is on disk (a killed creation leaves only that, removed by the next create).
@@ -28,6 +29,7 @@ from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, 
 from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
                      StoreWriteError)
 from .format import RECORD_KEY, Record, chunk_length
+from .zarr_plain import PlainArray, plain_layout
 
 LOCK_FILE = "tokstore.lock"
 
@@ -48,6 +50,7 @@ class ZarrContainer:
         self._target = str(self.dir) if self.dir is not None else path  # local: zarr's LocalStore
         self._group = None
         self._arrays: dict = {}
+        self._plain: dict[str, PlainArray | None] = {}  # written without zarr-python (or None)
         self._lock: oscalls.WriterLock | None = None
         self._creating: Path | None = None  # the temporary directory while being created
         self._root: dict | None = None      # the root zarr.json, rewritten at each commit
@@ -120,7 +123,7 @@ class ZarrContainer:
             raise StoreWriteError.from_os_error(self.path, "creating the store", exc) from None
         self._lock.moved_to(self._creating, self.dir)
         self._creating, self._target = None, str(self.dir)
-        self._group, self._arrays = None, {}
+        self._group, self._arrays, self._plain = None, {}, {}
 
     @classmethod
     def open(cls, path: str, writable: bool, rollback: bool = False
@@ -234,22 +237,13 @@ class ZarrContainer:
             raise StoreCorruptError(f"{self.path}: array {name} is missing") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StoreCorruptError(f"{self.path}: damaged {name}/zarr.json: {exc}") from None
-        try:
-            (size,), (chunk_len,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
-            grid, keys = meta["chunk_grid"]["name"], meta["chunk_key_encoding"]
-            codecs, data_type = meta["codecs"], meta["data_type"]
-        except (KeyError, TypeError, ValueError):
+        layout = plain_layout(meta)
+        if layout is None:
             return None  # not the plain layout: let zarr read it (and complain if need be)
-        if data_type != dtype.name or size < length:
-            raise StoreCorruptError(f"{self.path}: {name}: zarr array is {data_type}[{size}], "
-                                    f"the commit needs "
-                                    f"{dtype.name}[{length}]")
-        plain_codec = (len(codecs) == 1 and codecs[0].get("name") == "bytes"
-                       and codecs[0].get("configuration", {}).get("endian", "little") == "little")
-        if (grid != "regular" or not plain_codec or meta.get("storage_transformers")
-                or keys.get("name") != "default"):
-            return None
-        separator = keys.get("configuration", {}).get("separator", "/")
+        stored, size, chunk_len, separator = layout
+        if stored != dtype or size < length:
+            raise StoreCorruptError(f"{self.path}: {name}: zarr array is {stored.name}[{size}], "
+                                    f"the commit needs {dtype.name}[{length}]")
         folder = str(self.dir / name)
         return chunk_len, lambda k: f"{folder}/c{separator}{k}"
 
@@ -266,22 +260,42 @@ class ZarrContainer:
         return self._arrays[name]
 
     # ---- writing -------------------------------------------------------------------------
+    def _plain_array(self, name: str) -> PlainArray | None:
+        if self.dir is None:
+            return None
+        if name not in self._plain:
+            self._plain[name] = PlainArray.open(Path(self._target) / name)
+        return self._plain[name]
+
     def write(self, name: str, start: int, values: np.ndarray):
-        array = self._zarr_array(name)
-        self._touch(name, array, start, start + len(values), array.shape[0] < start + len(values))
         try:
+            plain = self._plain_array(name)
+            if plain is not None:
+                self._touched.update(p for f in plain.write(start, values) for p in (f, f.parent))
+                return
+            array = self._zarr_array(name)
+            self._touch(name, array, start, start + len(values),
+                        array.shape[0] < start + len(values))
             write_growing(array, start, values)
         except OSError as exc:
             raise StoreWriteError.from_os_error(self.path, f"writing {name}", exc) from None
+        except StoreCorruptError as exc:
+            raise StoreCorruptError(f"{self.path}: {name}: {exc}") from None
 
     def truncate(self, name: str, length: int):
-        array = self._zarr_array(name)
-        if array.shape[0] > length:
-            self._touch(name, array, length, array.shape[0], True)
         try:
+            plain = self._plain_array(name)
+            if plain is not None:
+                self._touched.update(p for f in plain.truncate(length) for p in (f, f.parent))
+                return
+            array = self._zarr_array(name)
+            if array.shape[0] > length:
+                self._touch(name, array, length, array.shape[0], True)
             truncate_chunked(array, length)
         except OSError as exc:
             raise StoreWriteError.from_os_error(self.path, f"truncating {name}", exc) from None
+        except StoreCorruptError as exc:
+            raise StoreCorruptError(f"{self.path}: {name}: {exc}") from None
 
     def _touch(self, name: str, array, start: int, stop: int, metadata: bool):
         """Note the chunk files (and their directories) that values [start, stop) land in."""
@@ -328,7 +342,7 @@ class ZarrContainer:
         self._touched.clear()
 
     def close(self):
-        self._group, self._arrays = None, {}
+        self._group, self._arrays, self._plain = None, {}, {}
         if self._lock is not None:
             self._lock.release()
             self._lock = None

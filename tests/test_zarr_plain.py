@@ -1,0 +1,86 @@
+"""A local zarr store in the plain layout is written without zarr-python (store/zarr_plain.py):
+the files must be byte for byte those zarr-python writes, through every kind of write a store
+makes (growing, partial and whole chunks, the counts slots, a resume that cuts uncommitted
+values back), and zarr-python must read them; other layouts still go through zarr-python."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from store_samples import CODEBOOK, batch
+
+from tokstore import TokenStore
+from tokstore.store import zarr_container
+from tokstore.store.errors import StoreCorruptError
+from tokstore.store.format import ARRAYS
+from tokstore.store.zarr_plain import PlainArray, plain_layout
+
+
+def files(path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != zarr_container.LOCK_FILE}
+
+
+def write_history(path, chunk_bytes):
+    """Create, commit twice, write past the commit and stop (a kill), resume, commit again."""
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=chunk_bytes, meta={"m": 1}) as store:
+        store.append(*batch(0, 7))
+        store.commit()
+        store.append(*batch(7, 30))
+    store = TokenStore.open(path, mode="a")
+    store.append(*batch(30, 45))
+    store._writer.flush()  # on disk past the commit point, never committed
+    store._close(commit=False)
+    with TokenStore.open(path, mode="a") as store:  # cuts the uncommitted values back
+        store.append(*batch(30, 41))
+        store.update_meta({"m": 2})
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 4096])
+def test_the_files_are_those_zarr_python_writes(tmp_path, monkeypatch, chunk_bytes):
+    ours = tmp_path / "ours.zarr"
+    write_history(ours, chunk_bytes)
+    with monkeypatch.context() as patched:  # every write through zarr-python, as before
+        patched.setattr(zarr_container.ZarrContainer, "_plain_array", lambda self, name: None)
+        theirs = tmp_path / "theirs.zarr"
+        write_history(theirs, chunk_bytes)
+    assert files(ours) == files(theirs)
+    assert not [p for p in ours.rglob("*") if p.name.endswith(".partial")]
+    with TokenStore.open(ours) as store:
+        assert len(store) == 41 and store.check() == []
+        assert [store.codes(i).tolist() for i in range(41)] == [c.tolist() for c in
+                                                                batch(0, 41)[1]]
+        lengths = store._record.array_lengths
+    group = zarr.open_group(str(ours), mode="r")
+    for name in ARRAYS:
+        if name in lengths:
+            read = group[name][:lengths[name]]
+            with TokenStore.open(ours) as store:
+                assert np.array_equal(read, store._read().array(name).read_all()), name
+
+
+def test_other_layouts_and_damaged_chunks(tmp_path):
+    """A compressed array is not the plain layout (zarr-python writes it); a chunk file of the
+    wrong size under committed values is an error naming it, not overwritten with zeros."""
+    compressed = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4,), chunks=(2,),
+                                   dtype="int64", fill_value=0)
+    assert plain_layout(json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())) is None
+    assert PlainArray.open(tmp_path / "c.zarr") is None
+    del compressed
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 3))
+    with TokenStore.open(path) as store:
+        lengths = store._record.array_lengths
+    partial = []  # arrays whose last chunk the next append fills further
+    for name, length in lengths.items():
+        array = PlainArray.open(path / name)
+        if name != "counts" and length % array.chunk_len:
+            partial.append(array.chunk_path(length // array.chunk_len))
+    chunk = partial[0]
+    chunk.write_bytes(chunk.read_bytes()[:1])
+    with pytest.raises(StoreCorruptError, match=str(chunk)):
+        with TokenStore.open(path, mode="a") as store:
+            store.append(*batch(3, 4))
