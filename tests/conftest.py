@@ -18,6 +18,12 @@ import pytest
 if "PYTEST_DEBUG_TEMPROOT" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
     os.environ["PYTEST_DEBUG_TEMPROOT"] = "/dev/shm"
 
+# OpenMP threads that finish a parallel region spin for a while before they sleep: with two test
+# processes (and their children) on two cores, the spinning of one takes the CPU the other
+# needs (the hybrid and exactness tests ran 2x slower). Set before anything imports torch, and
+# inherited by every child; it changes when threads sleep, never what they compute.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "golden"

@@ -61,8 +61,8 @@ PRELOADS = {
 }
 # read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):
 # one server per combination a test asks for
-IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH",
-                         "TOKSTORE_PORTABLE")
+IMPORT_TIME_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+                         "PYTHONHASHSEED", "PYTHONPATH", "TOKSTORE_PORTABLE")
 
 
 # ---- the server ---------------------------------------------------------------------------
