@@ -34,8 +34,9 @@ read as they are). Writing it is the commit, and a commit is durable: every file
 the last commit is fsynced first, then the record is written.
  - Zarr: the record is the `tokstore` attribute of the root group. The chunk and metadata files
    written since the last commit and their directories are fsynced, then the root zarr.json is
-   replaced through a temporary file, fsync, rename and a directory fsync. zarr's LocalStore
-   itself writes every file through a temporary file and a rename (zarr >= 3.1.3), so a chunk
+   replaced through a temporary file, fsync, rename and a directory fsync. Every chunk and
+   metadata file is written through a temporary file and a rename (zarr_plain.py for a local
+   store in tokstore's layout; zarr's LocalStore does the same since zarr 3.1.3), so a chunk
    file is never half-written; object stores replace objects whole.
  - HDF5: the record lives in the file's userblock (bytes HDF5 never touches), in two slots
    written alternately, each with a sequence number and a crc32. A commit flushes HDF5, writes
