@@ -38,7 +38,10 @@ def portable_env(folder, block=("fcntl",)) -> dict:
 
 
 def run(args, env, cwd=None):
-    result = preforked.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    """From the torch-free server: the commands here need no torch, and the loader's child
+    imports it itself (one server for the portable environment, not two)."""
+    result = preforked.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
+                           preload="store")
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

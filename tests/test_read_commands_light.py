@@ -1,5 +1,6 @@
-"""The read commands (info, ls, show, stats, verify without a checkpoint) never import torch: a
-user inspecting a store waits for the store, not for the network's framework (~3 s).
+"""The read commands (info, ls, show, stats, verify without a checkpoint, and the exports but for
+the torch-saved probability file) never import torch: a user inspecting a store waits for the
+store, not for the network's framework (~3 s).
 
 One fresh interpreter per test module imports the CLI (and checks that alone left torch out),
 then forks a child per command: each child starts from exactly what a fresh `import cli` holds,
@@ -71,10 +72,13 @@ def store(tmp_path_factory):
     return path, dataset.names[0]
 
 
-@pytest.mark.parametrize("verb", ["info", "ls", "show", "stats", "verify"])
+@pytest.mark.parametrize("verb", ["info", "ls", "show", "stats", "verify", "export-pickle",
+                                  "export-npy"])
 def test_read_commands_leave_torch_unimported(store, light_cli, tmp_path, verb):
     path, name = store
-    args = [verb, str(path)] + ([name] if verb == "show" else [])
+    more = {"show": [name], "export-pickle": [str(tmp_path / "all_data.pkl")],
+            "export-npy": [str(tmp_path / "codes")]}
+    args = [verb, str(path)] + more.get(verb, [])
     output = tmp_path / "output"
     light_cli.stdin.write(json.dumps({"args": args, "output": str(output)}) + "\n")
     light_cli.stdin.flush()

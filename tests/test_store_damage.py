@@ -42,7 +42,7 @@ def built(copy_of_made, tmp_path, backend, commits=1):
 def start_cli(*args):
     return preforked.popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=subprocess_env())
+                           env=subprocess_env(), preload="store")  # VERBS need no torch
 
 
 def finish(process, timeout=120):

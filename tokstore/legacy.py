@@ -3,7 +3,9 @@
 Exporters write what MotionMillion's training scripts read (one .npy per motion, the probability
 file, all_data.pkl), so those scripts keep working unchanged. Importers move outputs of the
 original into a new store without re-encoding. A pickle runs code when loaded, so all_data.pkl is
-read with an unpickler that admits numpy arrays and builtin containers only.
+read with an unpickler that admits numpy arrays and builtin containers only. torch is imported
+only for the probability file (a torch.save tensor): export-npy, export-pickle and a pickle
+import start in a fraction of a second.
 Formats: ../shared/spec/legacy-formats.md.
 """
 from __future__ import annotations
@@ -18,8 +20,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from tokstore.errors import TokstoreError
@@ -27,7 +30,9 @@ from tokstore.provenance import Provenance
 from tokstore.sources import name_problem, open_regular, read_captions, read_npy_header, read_split
 from tokstore.store import TokenStore
 from tokstore.store.format import probabilities
-from vqvae.checkpoint import TORCH_LOAD_ERRORS
+
+if TYPE_CHECKING:
+    import torch
 
 LEGACY_DTYPES = ("int32", "int64")   # FSQ models write int32, codebook (ema_reset) models int64
 PICKLE_PROTOCOL = 4                  # what the original's pickle.dump wrote (Python 3.8-3.13 default)
@@ -149,11 +154,17 @@ def _save_npy(path: Path, codes: np.ndarray) -> None:
 
 def legacy_probs(counts: np.ndarray) -> torch.Tensor:
     """The probability tensor the original saves, from a counts array."""
+    import torch
+
     return torch.from_numpy(probabilities(np.asarray(counts, np.int64)))
 
 
 def load_prob(path: str | Path) -> torch.Tensor:
     """A probability file as the original saved it: torch.save of a 1-D float32 tensor."""
+    import torch
+
+    from vqvae.checkpoint import TORCH_LOAD_ERRORS
+
     try:
         with open_regular(path, kind="prob file") as f:
             prob = torch.load(f, map_location="cpu", weights_only=True)
@@ -390,6 +401,8 @@ def export_npy(store, out_dir: str | Path, progress: bool = True) -> int:
 
 def export_prob(store, out_file: str | Path) -> Path:
     """The probability file: torch.save of the float32 tensor the original computed."""
+    import torch
+
     return replace_atomically(outside_store(store, out_file),
                               lambda f: torch.save(legacy_probs(store.counts), f))
 
@@ -492,11 +505,15 @@ def _write_store(store_path, samples, total: int, codebook_size: int, backend: s
                     batch = []
             if batch:
                 append(store, batch)
-            recomputed = legacy_probs(counts)
-            if prob is not None and not torch.equal(prob, recomputed):
-                raise LegacyFormatError(
-                    f"the prob file disagrees with the codes in {int((prob != recomputed).sum())} of "
-                    f"{len(prob)} entries (written for another split or model?)")
+            if prob is not None:  # torch is loaded: load_prob read it
+                import torch
+
+                recomputed = legacy_probs(counts)
+                if not torch.equal(prob, recomputed):
+                    raise LegacyFormatError(
+                        f"the prob file disagrees with the codes in "
+                        f"{int((prob != recomputed).sum())} of {len(prob)} entries (written for "
+                        f"another split or model?)")
             store.update_meta({"legacy_code_dtype": dtype})
             store.commit()
     except BaseException as exc:  # the half-made store goes; the error that stopped it stays
