@@ -12,6 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from build_helpers import build_args, contents, run_cli, tiny_setup
 
 from tokstore import TokenStore, build_plan, legacy
@@ -138,7 +139,7 @@ def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(world, tmp_
         def save(obj, f):
             f.write(b"partial")
             raise OSError(code, os.strerror(code))
-        monkeypatch.setattr(legacy.torch, "save", save)
+        monkeypatch.setattr(torch, "save", save)  # legacy imports torch where it saves
     line = assert_one_line(run_cli(verb, world["store"], target), target)
     assert f"({errno.errorcode[code]})" in line
     assert list(out.iterdir()) == []
