@@ -264,14 +264,15 @@ class ZarrContainer:
         if self.dir is None:
             return None
         if name not in self._plain:
-            self._plain[name] = PlainArray.open(Path(self._target) / name)
+            self._plain[name] = PlainArray.open(Path(self._target) / name,
+                                                self._touched)
         return self._plain[name]
 
     def write(self, name: str, start: int, values: np.ndarray):
         try:
             plain = self._plain_array(name)
             if plain is not None:
-                self._touched.update(p for f in plain.write(start, values) for p in (f, f.parent))
+                plain.write(start, values)  # notes what it changes in self._touched
                 return
             array = self._zarr_array(name)
             self._touch(name, array, start, start + len(values),
@@ -286,7 +287,7 @@ class ZarrContainer:
         try:
             plain = self._plain_array(name)
             if plain is not None:
-                self._touched.update(p for f in plain.truncate(length) for p in (f, f.parent))
+                plain.truncate(length)
                 return
             array = self._zarr_array(name)
             if array.shape[0] > length:

@@ -1,0 +1,55 @@
+"""Attacks on the local zarr writes made without zarr-python (store/zarr_plain.py)."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+from store_samples import CODEBOOK, batch
+from test_store_faults import record_calls, snapshot
+
+from tokstore import TokenStore
+from tokstore.store.errors import StoreWriteError
+
+
+def test_a_commit_retried_after_a_failed_write_syncs_what_the_failed_one_wrote(tmp_path,
+                                                                              monkeypatch):
+    """A write that fails half-way (ENOSPC on a chunk file, after the array's zarr.json was
+    grown) and a commit retried once there is room: every file the failed attempt changed is
+    synced before the record too, else a power cut could leave an array shorter than the
+    commit says."""
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 8))
+    store = TokenStore.open(path, mode="a")
+    store.append(*batch(8, 40))
+    before = snapshot(path)
+    time.sleep(0.01)  # distinct mtimes
+    real, calls = os.replace, []
+
+    def replace_failing_second(*args):
+        calls.append(args)
+        if len(calls) == 2:  # the first: an array's grown zarr.json; the second: a chunk file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args)
+
+    monkeypatch.setattr(os, "replace", replace_failing_second)
+    with pytest.raises(StoreWriteError, match="No space left"):
+        store.commit()
+    assert Path(calls[0][1]).name == "zarr.json"
+    monkeypatch.undo()
+    log: list = []
+    record_calls(monkeypatch, log)
+    store.commit()
+    monkeypatch.undo()
+    store.close()
+    after = snapshot(path)
+    record = str(path / "zarr.json")
+    at = next(i for i, call in enumerate(log) if call[0] == "replace" and call[2] == record)
+    synced = {call[1] for call in log[:at] if call[0] == "fsync"}
+    changed = {p for p in after if before.get(p) != after[p]} - {record}
+    assert changed - synced == set()
+    with TokenStore.open(path) as reopened:
+        assert len(reopened) == 40 and reopened.check() == []
