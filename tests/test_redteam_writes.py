@@ -11,7 +11,7 @@ from store_samples import CODEBOOK, batch
 from test_store_faults import record_calls, snapshot
 
 from tokstore import TokenStore
-from tokstore.store.errors import StoreWriteError
+from tokstore.store.errors import StoreCorruptError, StoreWriteError
 
 
 def test_a_commit_retried_after_a_failed_write_syncs_what_the_failed_one_wrote(tmp_path,
@@ -53,3 +53,18 @@ def test_a_commit_retried_after_a_failed_write_syncs_what_the_failed_one_wrote(t
     assert changed - synced == set()
     with TokenStore.open(path) as reopened:
         assert len(reopened) == 40 and reopened.check() == []
+
+
+@pytest.mark.parametrize("damage", ["missing", "unparsable"])
+def test_a_damaged_array_metadata_names_the_store_once(tmp_path, damage):
+    """An array zarr.json zarr-python must report (not the plain layout) is one error naming
+    the store and the array once, as before the plain writes."""
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 5))
+    metadata = path / "codes" / "zarr.json"
+    metadata.unlink() if damage == "missing" else metadata.write_text("{")
+    with pytest.raises(StoreCorruptError) as caught:
+        TokenStore.open(path, mode="a")
+    message = str(caught.value)
+    assert message.count(str(path)) == 1 and "array codes" in message, message
