@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from store_samples import CODEBOOK, batch
 from test_store_faults import record_calls, snapshot
@@ -68,3 +69,52 @@ def test_a_damaged_array_metadata_names_the_store_once(tmp_path, damage):
         TokenStore.open(path, mode="a")
     message = str(caught.value)
     assert message.count(str(path)) == 1 and "array codes" in message, message
+
+
+# ---- stats --plot ---------------------------------------------------------------------------
+@pytest.fixture
+def failing_drawing(monkeypatch):
+    pytest.importorskip("matplotlib")
+    from tokstore import plots
+
+    def failing(*args):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plots, "_draw", failing)
+    return plots
+
+
+def draw(plots, out):
+    plots.plot_stats(out, np.arange(10), np.arange(5), None)
+
+
+def test_a_figure_that_fails_to_draw_leaves_an_existing_file_as_it_was(tmp_path,
+                                                                        failing_drawing):
+    out = tmp_path / "stats.png"
+    out.write_bytes(b"the previous figure")
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        draw(failing_drawing, out)
+    assert out.read_bytes() == b"the previous figure"
+
+
+def test_a_figure_that_fails_to_draw_through_a_dangling_link_leaves_nothing(tmp_path,
+                                                                             failing_drawing):
+    """The link stays (it was there), and no empty file appears at its target."""
+    out, target = tmp_path / "stats.png", tmp_path / "target.png"
+    out.symlink_to(target)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        draw(failing_drawing, out)
+    assert out.is_symlink() and not target.exists()
+
+
+def test_a_figure_is_written_through_links_and_over_longer_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    from tokstore import plots
+
+    out, target = tmp_path / "stats.png", tmp_path / "target.png"
+    target.write_bytes(b"x" * (1 << 20))  # longer than the figure: nothing of it may remain
+    out.symlink_to(target)
+    draw(plots, out)
+    drawn = target.read_bytes()
+    assert out.is_symlink() and drawn[:8] == b"\x89PNG\r\n\x1a\n" and b"x" * 64 not in drawn
+    assert drawn.endswith(b"IEND\xaeB`\x82")
