@@ -118,3 +118,47 @@ def test_a_figure_is_written_through_links_and_over_longer_files(tmp_path):
     drawn = target.read_bytes()
     assert out.is_symlink() and drawn[:8] == b"\x89PNG\r\n\x1a\n" and b"x" * 64 not in drawn
     assert drawn.endswith(b"IEND\xaeB`\x82")
+
+
+# ---- resume: a kill inside the truncation ---------------------------------------------------
+class Killed(BaseException):
+    """A kill at that instruction (nothing after it runs)."""
+
+
+def uncommitted_tail(path):
+    """Commit 8 samples, then write 40 more past the commit and stop (a killed build)."""
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 8))
+    store = TokenStore.open(path, mode="a")
+    store.append(*batch(8, 48))
+    store._writer.flush()
+    store._close(commit=False)
+
+
+def test_a_resume_killed_while_cutting_back_leaves_no_chunk_files_past_the_end(tmp_path,
+                                                                              monkeypatch):
+    """Killed between a shrunk array's chunk files and its zarr.json (zarr-python's own order:
+    the files first), the next resume still cuts everything back: the finished store holds
+    the same files as one never interrupted, and no chunk file past an array's end."""
+    from test_zarr_plain import files
+
+    reference = tmp_path / "reference.zarr"
+    uncommitted_tail(reference)
+    with TokenStore.open(reference, mode="a") as store:
+        store.append(*batch(8, 12))
+    path = tmp_path / "s.zarr"
+    uncommitted_tail(path)
+    real = Path.unlink
+
+    def killed_at_the_first_chunk(self, *args, **kwargs):
+        if self.parent.name == "c":
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", killed_at_the_first_chunk)
+    with pytest.raises(Killed):
+        TokenStore.open(path, mode="a")
+    monkeypatch.undo()
+    with TokenStore.open(path, mode="a") as store:
+        store.append(*batch(8, 12))
+    assert files(path) == files(reference)

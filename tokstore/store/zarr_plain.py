@@ -8,8 +8,8 @@ array in this layout is written here to the same files zarr-python writes:
 - each chunk a full-size file (zeros past the data, as write_empty_chunks does), rewritten whole
   through a temporary `*.partial` file beside it and a rename, so that a process that has the old
   file mapped keeps reading the old bytes and a crash leaves the old file or the new one;
-- a resize rewrites the array's zarr.json with the new shape (the same way) and, when it
-  shrinks, removes the chunk files past the new end.
+- a resize rewrites the array's zarr.json with the new shape (the same way); a shrink first
+  removes the chunk files past the new end.
 Files are not synced here: each is noted (before it changes) for the container's commit to sync.
 Anything else (URLs, other layouts) is written through zarr-python.
 """
@@ -138,12 +138,12 @@ class PlainArray:
         replace_unsynced(path, chunk.tobytes())
 
     def _set_shape(self, length: int) -> None:
-        """The new shape into zarr.json; chunk files past a shorter one removed."""
+        """The new shape into zarr.json; chunk files past a shorter one removed first (as
+        zarr-python does), so that a kill in between leaves the old shape for the next
+        truncation to cut back again, not files past the end that none would remove."""
+        for k in range(-(-length // self.chunk_len), -(-self.shape // self.chunk_len)):
+            self._touch(self.chunk_path(k)).unlink(missing_ok=True)
         meta = {**self.meta, "shape": [length]}
         replace_unsynced(self._touch(self.folder / METADATA),
                          json.dumps(meta, allow_nan=True, indent=2).encode())
-        old, self.meta, self.shape = self.shape, meta, length
-        if length < old:
-            keep = -(-length // self.chunk_len)
-            for k in range(keep, -(-old // self.chunk_len)):
-                self._touch(self.chunk_path(k)).unlink(missing_ok=True)
+        self.meta, self.shape = meta, length
