@@ -162,3 +162,27 @@ def test_a_resume_killed_while_cutting_back_leaves_no_chunk_files_past_the_end(t
     with TokenStore.open(path, mode="a") as store:
         store.append(*batch(8, 12))
     assert files(path) == files(reference)
+
+
+# ---- a chunk file deleted by hand -----------------------------------------------------------
+def test_an_append_into_a_deleted_chunk_file_is_an_error_not_zeros(tmp_path):
+    """The chunk the next append fills further holds committed values: its file deleted (or
+    a dangling link) is an error naming it, as a chunk file of the wrong size is, rather than
+    committed zeros in place of those values."""
+    from tokstore.store.zarr_plain import PlainArray
+
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 3))
+    with TokenStore.open(path) as store:
+        lengths = store._record.array_lengths
+    array = PlainArray.open(path / "codes")
+    assert lengths["codes"] % array.chunk_len
+    chunk = array.chunk_path(lengths["codes"] // array.chunk_len)
+    chunk.unlink()
+    with pytest.raises(StoreCorruptError, match=f"{chunk}.*missing"):
+        with TokenStore.open(path, mode="a") as store:
+            store.append(*batch(3, 4))
+    with TokenStore.open(path) as store:
+        assert len(store) == 3
+        assert any(str(chunk) in problem for problem in store.check())

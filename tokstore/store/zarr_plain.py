@@ -91,14 +91,15 @@ class PlainArray:
 
     def write(self, start: int, values: np.ndarray) -> None:
         """values into [start, start + len); grows the array first where it is too short."""
-        stop = start + len(values)
+        stop, had = start + len(values), self.shape
         if stop > self.shape:
             self._set_shape(stop)
         values = np.ascontiguousarray(values, dtype=self.dtype)
         for k in self.chunks_of(start, stop) if stop > start else ():
             base = k * self.chunk_len
             lo, hi = max(start, base), min(stop, base + self.chunk_len)
-            chunk = self._chunk(k, whole=lo == base and hi == base + self.chunk_len)
+            chunk = self._chunk(k, whole=lo == base and hi == base + self.chunk_len,
+                                kept=min(lo, had) > base)
             chunk[lo - base:hi - base] = values[lo - start:hi - start]
             self._put_chunk(k, chunk)
 
@@ -109,17 +110,22 @@ class PlainArray:
             return
         base = length // self.chunk_len * self.chunk_len
         if length > base:  # the new last chunk keeps [base, length)
-            chunk = self._chunk(length // self.chunk_len, whole=False)
+            chunk = self._chunk(length // self.chunk_len, whole=False, kept=True)
             chunk[length - base:] = 0
             self._put_chunk(length // self.chunk_len, chunk)
         self._set_shape(length)
 
-    def _chunk(self, k: int, whole: bool) -> np.ndarray:
-        """Chunk k's values to change: zeros where it is written whole or has no file yet."""
+    def _chunk(self, k: int, whole: bool, kept: bool) -> np.ndarray:
+        """Chunk k's values to change: zeros where it is written whole or has no file yet.
+        kept: values written before stay at its start, so its file must be there (a missing
+        one is damage, not zeros to commit in their place)."""
         if not whole:
             try:
                 data = self.chunk_path(k).read_bytes()
             except FileNotFoundError:
+                if kept:
+                    raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
+                                            f"(it holds values written before)") from None
                 data = None
             if data is not None:
                 if len(data) != self.chunk_len * self.dtype.itemsize:  # committed values in it
