@@ -186,3 +186,27 @@ def test_an_append_into_a_deleted_chunk_file_is_an_error_not_zeros(tmp_path):
     with TokenStore.open(path) as store:
         assert len(store) == 3
         assert any(str(chunk) in problem for problem in store.check())
+
+
+def test_raw_chunks_with_another_fill_value_are_still_mapped(tmp_path):
+    """fill_value only matters to writing (zeros pad a chunk here, zarr-python pads with the
+    fill value: such arrays are written through it); reading raw chunk files does not use it,
+    so they are mapped as before, without a fallback warning."""
+    import json
+    import warnings
+
+    from tokstore.store.errors import StoreFallbackWarning
+    from tokstore.store.zarr_plain import PlainArray
+
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=64) as store:
+        store.append(*batch(0, 5))
+    metadata = path / "codes" / "zarr.json"
+    meta = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({**meta, "fill_value": 1}, indent=2))
+    assert PlainArray.open(path / "codes") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreFallbackWarning)
+        with TokenStore.open(path) as store:
+            assert [store.codes(i).tolist() for i in range(5)] == [c.tolist() for c in
+                                                                   batch(0, 5)[1]]

@@ -28,8 +28,9 @@ METADATA = "zarr.json"
 
 
 def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
-    """(dtype, shape, chunk length, chunk key separator) of an array's parsed zarr.json when it
-    is in the plain layout, else None."""
+    """(dtype, shape, chunk length, chunk key separator) of an array's parsed zarr.json when its
+    chunk files are raw values (the plain layout, for reading: whatever the fill value), else
+    None."""
     try:
         (size,), (chunk_len,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
         grid, keys = meta["chunk_grid"]["name"], meta["chunk_key_encoding"]
@@ -42,7 +43,7 @@ def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
         return None
     if (grid != "regular" or not plain_codec or meta.get("storage_transformers")
             or keys.get("name") != "default" or dtype.name != data_type
-            or meta.get("fill_value") not in (0, 0.0) or not isinstance(size, int)
+            or not isinstance(size, int)
             or not isinstance(chunk_len, int) or chunk_len < 1 or separator not in ("/", ".")):
         return None
     return dtype.newbyteorder("<"), size, chunk_len, separator
@@ -79,8 +80,9 @@ class PlainArray:
         except (OSError, ValueError):
             return None
         layout = plain_layout(meta)
-        touched = set() if touched is None else touched
-        return cls(folder, meta, layout, touched) if layout is not None else None
+        if layout is None or meta.get("fill_value") not in (0, 0.0):  # chunks are padded with 0
+            return None
+        return cls(folder, meta, layout, set() if touched is None else touched)
 
     def chunk_path(self, k: int) -> Path:
         return self.folder / f"c{self._separator}{k}"
