@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import stat
 
 import numpy as np
 
@@ -20,16 +22,22 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
     except ImportError:
         raise TokstoreError("--plot needs matplotlib: pip install 'tokstore[plot]'") from None
 
-    created = not os.path.lexists(out_png)
-    out = open(out_png, "wb")  # a path that cannot be written fails now, not after the drawing
+    existed = os.path.exists(out_png)  # through a link: its target is the file written
+    # A path that cannot be written fails now, not after the drawing; a file already there is
+    # cut only once the figure is drawn (no O_TRUNC), so that a failed drawing leaves it whole.
+    fd = os.open(out_png, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        with out:
+        with open(fd, "wb") as out:
+            figure = io.BytesIO()
             _draw(Figure(figsize=(16, 4.5), layout="tight"), code_counts, lengths,
-                  per_dimension).savefig(out, format="png", dpi=100)
+                  per_dimension).savefig(figure, format="png", dpi=100)
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # not a FIFO or a device: no truncating
+                out.truncate(0)
+            out.write(figure.getbuffer())
     except BaseException:
-        if created:  # no half-written figure left where there was nothing
+        if not existed:  # no half-written figure left where there was nothing
             with contextlib.suppress(OSError):
-                os.unlink(out_png)
+                os.unlink(os.path.realpath(out_png))
         raise
 
 

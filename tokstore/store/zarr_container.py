@@ -264,37 +264,38 @@ class ZarrContainer:
         if self.dir is None:
             return None
         if name not in self._plain:
-            self._plain[name] = PlainArray.open(Path(self._target) / name)
+            self._plain[name] = PlainArray.open(Path(self._target) / name,
+                                                self._touched)
         return self._plain[name]
 
     def write(self, name: str, start: int, values: np.ndarray):
+        plain = self._plain_array(name)
+        array = self._zarr_array(name) if plain is None else None  # its errors name the store
         try:
-            plain = self._plain_array(name)
             if plain is not None:
-                self._touched.update(p for f in plain.write(start, values) for p in (f, f.parent))
+                plain.write(start, values)  # notes what it changes in self._touched
                 return
-            array = self._zarr_array(name)
             self._touch(name, array, start, start + len(values),
                         array.shape[0] < start + len(values))
             write_growing(array, start, values)
         except OSError as exc:
             raise StoreWriteError.from_os_error(self.path, f"writing {name}", exc) from None
-        except StoreCorruptError as exc:
+        except StoreCorruptError as exc:  # a damaged chunk file PlainArray found
             raise StoreCorruptError(f"{self.path}: {name}: {exc}") from None
 
     def truncate(self, name: str, length: int):
+        plain = self._plain_array(name)
+        array = self._zarr_array(name) if plain is None else None  # its errors name the store
         try:
-            plain = self._plain_array(name)
             if plain is not None:
-                self._touched.update(p for f in plain.truncate(length) for p in (f, f.parent))
+                plain.truncate(length)
                 return
-            array = self._zarr_array(name)
             if array.shape[0] > length:
                 self._touch(name, array, length, array.shape[0], True)
             truncate_chunked(array, length)
         except OSError as exc:
             raise StoreWriteError.from_os_error(self.path, f"truncating {name}", exc) from None
-        except StoreCorruptError as exc:
+        except StoreCorruptError as exc:  # a damaged chunk file PlainArray found
             raise StoreCorruptError(f"{self.path}: {name}: {exc}") from None
 
     def _touch(self, name: str, array, start: int, stop: int, metadata: bool):

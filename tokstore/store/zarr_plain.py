@@ -8,9 +8,9 @@ array in this layout is written here to the same files zarr-python writes:
 - each chunk a full-size file (zeros past the data, as write_empty_chunks does), rewritten whole
   through a temporary `*.partial` file beside it and a rename, so that a process that has the old
   file mapped keeps reading the old bytes and a crash leaves the old file or the new one;
-- a resize rewrites the array's zarr.json with the new shape (the same way) and, when it
-  shrinks, removes the chunk files past the new end.
-Files are not synced here: the container's commit syncs every file written since the last one.
+- a resize rewrites the array's zarr.json with the new shape (the same way); a shrink first
+  removes the chunk files past the new end.
+Files are not synced here: each is noted (before it changes) for the container's commit to sync.
 Anything else (URLs, other layouts) is written through zarr-python.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ METADATA = "zarr.json"
 
 
 def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
-    """(dtype, shape, chunk length, chunk key separator) of an array's parsed zarr.json when it
-    is in the plain layout, else None."""
+    """(dtype, shape, chunk length, chunk key separator) of an array's parsed zarr.json when its
+    chunk files are raw values (the plain layout, for reading: whatever the fill value), else
+    None."""
     try:
         (size,), (chunk_len,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
         grid, keys = meta["chunk_grid"]["name"], meta["chunk_key_encoding"]
@@ -42,7 +43,7 @@ def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
         return None
     if (grid != "regular" or not plain_codec or meta.get("storage_transformers")
             or keys.get("name") != "default" or dtype.name != data_type
-            or meta.get("fill_value") not in (0, 0.0) or not isinstance(size, int)
+            or not isinstance(size, int)
             or not isinstance(chunk_len, int) or chunk_len < 1 or separator not in ("/", ".")):
         return None
     return dtype.newbyteorder("<"), size, chunk_len, separator
@@ -63,20 +64,25 @@ def replace_unsynced(path: Path, data: bytes) -> None:
 class PlainArray:
     """A local 1-D array in the plain layout, written file by file (see the module docstring)."""
 
-    def __init__(self, folder: Path, meta: dict, layout: tuple[np.dtype, int, int, str]):
-        self.folder, self.meta = folder, meta
+    def __init__(self, folder: Path, meta: dict, layout: tuple[np.dtype, int, int, str],
+                 touched: set[Path]):
+        self.folder, self.meta, self.touched = folder, meta, touched
         self.dtype, self.shape, self.chunk_len, self._separator = layout
 
     @classmethod
-    def open(cls, folder: Path) -> "PlainArray | None":
+    def open(cls, folder: Path, touched: set[Path] | None = None) -> "PlainArray | None":
         """The array in `folder`, or None where its zarr.json is not the plain layout (or
-        cannot be read: zarr-python then reports it)."""
+        cannot be read: zarr-python then reports it). Every file (and its directory) is added
+        to `touched` before it is changed, so that a write failing half-way still leaves in it
+        all that the next commit must sync."""
         try:
             meta = json.loads((folder / METADATA).read_bytes())
         except (OSError, ValueError):
             return None
         layout = plain_layout(meta)
-        return cls(folder, meta, layout) if layout is not None else None
+        if layout is None or meta.get("fill_value") not in (0, 0.0):  # chunks are padded with 0
+            return None
+        return cls(folder, meta, layout, set() if touched is None else touched)
 
     def chunk_path(self, k: int) -> Path:
         return self.folder / f"c{self._separator}{k}"
@@ -85,39 +91,43 @@ class PlainArray:
         """The chunk indices that values [start, stop) fall in."""
         return range(start // self.chunk_len, (stop - 1) // self.chunk_len + 1)
 
-    def write(self, start: int, values: np.ndarray) -> list[Path]:
-        """values into [start, start + len); grows the array first where it is too short. The
-        files written."""
-        stop = start + len(values)
-        written = self._set_shape(stop) if stop > self.shape else []
+    def write(self, start: int, values: np.ndarray) -> None:
+        """values into [start, start + len); grows the array first where it is too short."""
+        stop, had = start + len(values), self.shape
+        if stop > self.shape:
+            self._set_shape(stop)
         values = np.ascontiguousarray(values, dtype=self.dtype)
         for k in self.chunks_of(start, stop) if stop > start else ():
             base = k * self.chunk_len
             lo, hi = max(start, base), min(stop, base + self.chunk_len)
-            chunk = self._chunk(k, whole=lo == base and hi == base + self.chunk_len)
+            chunk = self._chunk(k, whole=lo == base and hi == base + self.chunk_len,
+                                kept=min(lo, had) > base)
             chunk[lo - base:hi - base] = values[lo - start:hi - start]
-            written.append(self._put_chunk(k, chunk))
-        return written
+            self._put_chunk(k, chunk)
 
-    def truncate(self, length: int) -> list[Path]:
+    def truncate(self, length: int) -> None:
         """Cut the array back to `length`, zeroing the rest of its last chunk as a fresh write
-        leaves it; the files written (or removed)."""
+        leaves it."""
         if self.shape <= length:
-            return []
-        written = []
+            return
         base = length // self.chunk_len * self.chunk_len
         if length > base:  # the new last chunk keeps [base, length)
-            chunk = self._chunk(length // self.chunk_len, whole=False)
+            chunk = self._chunk(length // self.chunk_len, whole=False, kept=True)
             chunk[length - base:] = 0
-            written.append(self._put_chunk(length // self.chunk_len, chunk))
-        return written + self._set_shape(length)
+            self._put_chunk(length // self.chunk_len, chunk)
+        self._set_shape(length)
 
-    def _chunk(self, k: int, whole: bool) -> np.ndarray:
-        """Chunk k's values to change: zeros where it is written whole or has no file yet."""
+    def _chunk(self, k: int, whole: bool, kept: bool) -> np.ndarray:
+        """Chunk k's values to change: zeros where it is written whole or has no file yet.
+        kept: values written before stay at its start, so its file must be there (a missing
+        one is damage, not zeros to commit in their place)."""
         if not whole:
             try:
                 data = self.chunk_path(k).read_bytes()
             except FileNotFoundError:
+                if kept:
+                    raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
+                                            f"(it holds values written before)") from None
                 data = None
             if data is not None:
                 if len(data) != self.chunk_len * self.dtype.itemsize:  # committed values in it
@@ -126,22 +136,22 @@ class PlainArray:
                 return np.frombuffer(data, self.dtype).copy()
         return np.zeros(self.chunk_len, self.dtype)
 
-    def _put_chunk(self, k: int, chunk: np.ndarray) -> Path:
-        path = self.chunk_path(k)
-        path.parent.mkdir(exist_ok=True)
-        replace_unsynced(path, chunk.tobytes())
+    def _touch(self, path: Path) -> Path:
+        self.touched.update((path, path.parent))
         return path
 
-    def _set_shape(self, length: int) -> list[Path]:
-        """The new shape into zarr.json; chunk files past a shorter one removed."""
-        old, self.meta = self.shape, {**self.meta, "shape": [length]}
-        replace_unsynced(self.folder / METADATA,
-                         json.dumps(self.meta, allow_nan=True, indent=2).encode())
-        self.shape = length
-        removed = []
-        if length < old:
-            keep = -(-length // self.chunk_len)
-            for k in range(keep, -(-old // self.chunk_len)):
-                self.chunk_path(k).unlink(missing_ok=True)
-                removed.append(self.chunk_path(k))
-        return [self.folder / METADATA, *removed]
+    def _put_chunk(self, k: int, chunk: np.ndarray) -> None:
+        path = self._touch(self.chunk_path(k))
+        path.parent.mkdir(exist_ok=True)
+        replace_unsynced(path, chunk.tobytes())
+
+    def _set_shape(self, length: int) -> None:
+        """The new shape into zarr.json; chunk files past a shorter one removed first (as
+        zarr-python does), so that a kill in between leaves the old shape for the next
+        truncation to cut back again, not files past the end that none would remove."""
+        for k in range(-(-length // self.chunk_len), -(-self.shape // self.chunk_len)):
+            self._touch(self.chunk_path(k)).unlink(missing_ok=True)
+        meta = {**self.meta, "shape": [length]}
+        replace_unsynced(self._touch(self.folder / METADATA),
+                         json.dumps(meta, allow_nan=True, indent=2).encode())
+        self.meta, self.shape = meta, length
