@@ -161,11 +161,11 @@ def test_a_split_with_a_utf8_bom_names_its_first_entry_correctly(tmp_path):
     assert contents(store)["names"] == dataset.names
 
 
-def _plant(dataset, kind: str, what: str) -> str:
+def _plant(dataset, victim: int, kind: str, what: str) -> str:
     """Replace an entry's caption or motion file by a FIFO, /dev/zero, a directory or a huge file."""
     import os
 
-    name = dataset.names[VICTIM]
+    name = dataset.names[victim]
     path = dataset.layout.text_path(name) if kind == "caption" else dataset.layout.motion_path(name)
     os.unlink(path)
     if what == "fifo":
@@ -180,33 +180,47 @@ def _plant(dataset, kind: str, what: str) -> str:
     return path
 
 
-@pytest.mark.parametrize("kind, what, reason", [
-    ("caption", "fifo", "not a regular file"), ("caption", "device", "not a regular file"),
-    ("caption", "directory", "not a regular file"), ("caption", "huge", "larger than"),
-    ("motion", "fifo", "not a regular file"), ("motion", "device", "not a regular file"),
-])
-def test_devices_fifos_and_huge_captions_are_refused_at_once(tmp_path, kind, what, reason):
-    """In a child process with a timeout and a memory limit: the old build hung on a FIFO and
-    read /dev/zero until MemoryError."""
+PLANTS = [("caption", "fifo", "not a regular file"), ("caption", "device", "not a regular file"),
+          ("caption", "directory", "not a regular file"), ("caption", "huge", "larger than"),
+          ("motion", "fifo", "not a regular file"), ("motion", "device", "not a regular file")]
+
+
+@pytest.fixture(scope="module")
+def planted_builds(tmp_path_factory):
+    """Every plant in one dataset (each in an entry of its own), built once with --on-error fail
+    and once with skip, each in a child process with a timeout and a memory limit: {plant: its
+    path}, {on_error: (finished process, store)}."""
     import preforked
     from build_helpers import CLI, REPO, subprocess_env
 
+    tmp_path = tmp_path_factory.mktemp("planted")
     dataset, checkpoint = tiny_setup(tmp_path, n=N)
-    path = _plant(dataset, kind, what)
-
+    paths = {plant: _plant(dataset, 3 + 3 * k, *plant[:2]) for k, plant in enumerate(PLANTS)}
+    runs = {}
     for on_error in ("fail", "skip"):
         store = tmp_path / f"{on_error}.zarr"
-        result = preforked.run(CLI + build_args(dataset, checkpoint, store, "--on-error", on_error),
-                               cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                               timeout=120, memory_limit=8 << 30)
-        assert "Traceback" not in result.stderr
-        if on_error == "fail":
-            assert result.returncode == 1
-            assert any(str(path) in line and reason in line for line in result.stderr.splitlines())
-        else:
-            assert result.returncode == 0, result.stderr
-            [record] = contents(store)["skipped"]
-            assert record["path"] == str(path) and reason in record["reason"]
+        runs[on_error] = preforked.run(
+            CLI + build_args(dataset, checkpoint, store, "--on-error", on_error), cwd=REPO,
+            env=subprocess_env(), capture_output=True, text=True, timeout=120,
+            memory_limit=8 << 30), store
+    return paths, runs
+
+
+@pytest.mark.parametrize("kind, what, reason", PLANTS)
+def test_devices_fifos_and_huge_captions_are_refused_at_once(planted_builds, kind, what, reason):
+    """The old build hung on a FIFO and read /dev/zero until MemoryError. Under fail, a line
+    names each planted file and why; under skip, each is a skipped entry and the rest builds."""
+    paths, runs = planted_builds
+    path = paths[(kind, what, reason)]
+    (failed, _), (skipped, store) = runs["fail"], runs["skip"]
+    assert "Traceback" not in failed.stderr and "Traceback" not in skipped.stderr
+    assert failed.returncode == 1
+    assert any(str(path) in line and reason in line for line in failed.stderr.splitlines())
+    assert skipped.returncode == 0, skipped.stderr
+    records = contents(store)["skipped"]
+    assert len(records) == len(PLANTS)
+    [record] = [r for r in records if r["path"] == str(path)]
+    assert reason in record["reason"]
 
 
 # --- the model the command line names -------------------------------------------------------
