@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import preforked
 import pytest
+from build_helpers import subprocess_env
 import store_child
 from store_samples import CODEBOOK, sample
 
@@ -28,7 +29,7 @@ def backend(request):
 
 
 def start_writer(path, backend, *extra):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"}
+    env = {**subprocess_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"}
     return preforked.popen([sys.executable, str(CHILD), str(path), backend, str(TOTAL), str(STEP),
                             *extra], cwd=REPO, env=env, stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

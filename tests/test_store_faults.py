@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import preforked
 import pytest
+from build_helpers import subprocess_env
 from store_samples import CODEBOOK, batch
 from test_store_crash import (assert_prefix, made_reference, reference_store, store_files,
                               write_in_process)
@@ -42,8 +43,8 @@ def run_child(path, backend, total, **env):
     extra = {f"TOKSTORE_TEST_{k.upper()}": str(v) for k, v in env.items()}
     return preforked.run([sys.executable, str(CHILD), str(path), backend, str(total), str(STEP)],
                          cwd=REPO, capture_output=True, text=True, timeout=300, preload="store",
-                         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}",
-                              **extra})
+                         env={**subprocess_env(),
+                              "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}", **extra})
 
 
 def same_content(path, expected):
@@ -254,7 +255,7 @@ def start_holding_writer(path, backend):
     writer = preforked.popen([sys.executable, str(CHILD), str(path), backend, "32", str(STEP),
                               "hold"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, preload="store",
-                             env={**os.environ,
+                             env={**subprocess_env(),
                                   "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}"})
     for line in iter(writer.stdout.readline, ""):
         if line.startswith("uncommitted"):
@@ -302,7 +303,7 @@ def test_forked_children_do_not_keep_the_store_locked(tmp_path, backend):
         store.append(*batch(0, 8))
     parent = preforked.run([sys.executable, "-c", FORKING_WRITER, str(path)], cwd=REPO,
                            capture_output=True, text=True, timeout=60, preload="store",
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+                           env=subprocess_env())
     word, worker = parent.stdout.split()
     assert word == "forked", parent.stderr
     orphans = [worker]
