@@ -293,6 +293,7 @@ class _Server:
         """The server ends (and removes its folder) when its stdin closes."""
         self.process.stdin.close()
         self.process.wait(timeout=30)
+        self.process.stdout.close()
         if not self.ready and os.path.isdir(self.folder):  # it never got to its loop
             for name in os.listdir(self.folder):
                 os.unlink(os.path.join(self.folder, name))
