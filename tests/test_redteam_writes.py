@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from store_samples import CODEBOOK, batch
-from test_store_faults import record_calls, snapshot
+from test_store_faults import logged_commit, snapshot, synced_before_record
 
 from tokstore import TokenStore
 from tokstore.store.errors import StoreCorruptError, StoreWriteError
@@ -41,16 +41,9 @@ def test_a_commit_retried_after_a_failed_write_syncs_what_the_failed_one_wrote(t
         store.commit()
     assert Path(calls[0][1]).name == "zarr.json"
     monkeypatch.undo()
-    log: list = []
-    record_calls(monkeypatch, log)
-    store.commit()
-    monkeypatch.undo()
-    store.close()
-    after = snapshot(path)
-    record = str(path / "zarr.json")
-    at = next(i for i, call in enumerate(log) if call[0] == "replace" and call[2] == record)
-    synced = {call[1] for call in log[:at] if call[0] == "fsync"}
-    changed = {p for p in after if before.get(p) != after[p]} - {record}
+    log, after = logged_commit(store, path, monkeypatch)
+    _, synced = synced_before_record(path, log)
+    changed = {p for p in after if before.get(p) != after[p]} - {str(path / "zarr.json")}
     assert changed - synced == set()
     with TokenStore.open(path) as reopened:
         assert len(reopened) == 40 and reopened.check() == []

@@ -370,6 +370,25 @@ def snapshot(path: Path) -> dict:
     return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files}
 
 
+def logged_commit(store, path, monkeypatch) -> tuple[list, dict]:
+    """Commit and close `store` with its OS calls recorded: (the calls, snapshot after)."""
+    log: list = []
+    record_calls(monkeypatch, log)
+    store.commit()
+    monkeypatch.undo()
+    store.close()
+    return log, snapshot(path)
+
+
+def synced_before_record(path, log) -> tuple[int, set]:
+    """Where in `log` (record_calls) a zarr store's record was renamed into place (once), and
+    the paths fsynced before it."""
+    record = str(path / "zarr.json")
+    renames = [i for i, call in enumerate(log) if call[0] == "replace" and call[2] == record]
+    assert len(renames) == 1, log
+    return renames[0], {call[1] for call in log[:renames[0]] if call[0] == "fsync"}
+
+
 def test_commit_syncs_every_written_file_before_the_record(tmp_path, backend, monkeypatch):
     path = store_path(tmp_path, backend)
     with TokenStore.create(path, CODEBOOK, backend=backend, chunk_bytes=64) as store:
@@ -378,21 +397,13 @@ def test_commit_syncs_every_written_file_before_the_record(tmp_path, backend, mo
     store.append(*batch(8, 40))
     before = snapshot(path)
     time.sleep(0.01)  # distinct mtimes
-    log: list = []
-    record_calls(monkeypatch, log)
-    store.commit()
-    monkeypatch.undo()
-    store.close()
-    after = snapshot(path)
+    log, after = logged_commit(store, path, monkeypatch)
     changed = {p for p in after if before.get(p) != after[p]}
     assert changed, "the commit wrote nothing?"
     if backend == "zarr":
         record = str(path / "zarr.json")
-        renames = [i for i, call in enumerate(log) if call[0] == "replace" and call[2] == record]
-        assert len(renames) == 1, log
-        at = renames[0]
+        at, synced_before = synced_before_record(path, log)
         temporary = log[at][1]
-        synced_before = {call[1] for call in log[:at] if call[0] == "fsync"}
         data = changed - {record}
         assert data and data <= synced_before, data - synced_before
         assert temporary in synced_before
