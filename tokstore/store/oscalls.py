@@ -121,24 +121,29 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
 
 
-def replace_file(target: Path, data: bytes) -> None:
-    """Atomically and durably replace target's content: readers see the old or the new file."""
+def replace_file(target: Path, data: bytes, durable: bool = True,
+                 temporary: Path | None = None) -> None:
+    """Atomically replace target's content: readers see the old or the new file. durable: the
+    file and its directory synced too (else a later commit syncs them); temporary: the name
+    written first (default temp_name(target))."""
     target = Path(target)
-    temporary = temp_name(target)
+    temporary = temporary or temp_name(target)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, 0o644)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    sync_dir(target.parent)
+    if durable:
+        sync_dir(target.parent)
 
 
 def _creating_prefix(target: Path) -> str:

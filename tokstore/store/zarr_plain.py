@@ -16,12 +16,12 @@ Anything else (URLs, other layouts) is written through zarr-python.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from . import oscalls
 from .errors import StoreCorruptError
 
 METADATA = "zarr.json"
@@ -50,15 +50,10 @@ def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
 
 
 def replace_unsynced(path: Path, data: bytes) -> None:
-    """`data` into `path` through a temporary file beside it and a rename (no fsync)."""
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(temporary, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """`data` into `path` through a temporary `*.partial` file beside it (the name zarr-python
+    gives its own, which opening a store for writing removes) and a rename, no fsync."""
+    oscalls.replace_file(path, data, durable=False,
+                         temporary=path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial"))
 
 
 class PlainArray:
