@@ -1,6 +1,6 @@
 """A local zarr store in the plain layout is written without zarr-python (store/zarr_plain.py):
 the files must be byte for byte those zarr-python writes, through every kind of write a store
-makes (growing, partial and whole chunks, the counts slots, a resume that cuts uncommitted
+makes (creation, growing, partial and whole chunks, the counts slots, a resume that cuts uncommitted
 values back), and zarr-python must read them; other layouts still go through zarr-python."""
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ def write_history(path, chunk_bytes):
 def test_the_files_are_those_zarr_python_writes(tmp_path, monkeypatch, chunk_bytes):
     ours = tmp_path / "ours.zarr"
     write_history(ours, chunk_bytes)
-    with monkeypatch.context() as patched:  # every write through zarr-python, as before
+    with monkeypatch.context() as patched:  # creation and every write through zarr-python
         patched.setattr(zarr_container.ZarrContainer, "_plain_array", lambda self, name: None)
+        patched.setattr(zarr_container.ZarrContainer, "_create_local",
+                        lambda self, arrays: self._create_through_zarr(arrays, overwrite=False))
         theirs = tmp_path / "theirs.zarr"
         write_history(theirs, chunk_bytes)
     assert files(ours) == files(theirs)
@@ -59,6 +61,21 @@ def test_the_files_are_those_zarr_python_writes(tmp_path, monkeypatch, chunk_byt
             read = group[name][:lengths[name]]
             with TokenStore.open(ours) as store:
                 assert np.array_equal(read, store._read().array(name).read_all()), name
+
+
+@pytest.mark.parametrize("code_dtype", ["uint16", "int32", "int64"])
+def test_a_new_store_is_what_zarr_python_creates(tmp_path, monkeypatch, code_dtype):
+    """Each code dtype's new store: the group's and every array's zarr.json (shapes, dtypes,
+    codecs, chunk grids) and the first commit's files are the bytes zarr-python writes."""
+    def create(path):
+        TokenStore.create(path, CODEBOOK, code_dtype=code_dtype, chunk_bytes=4096).close()
+        return files(path)
+
+    ours = create(tmp_path / "ours.zarr")
+    monkeypatch.setattr(zarr_container.ZarrContainer, "_create_local",
+                        lambda self, arrays: self._create_through_zarr(arrays, overwrite=False))
+    assert ours == create(tmp_path / "theirs.zarr")
+    assert json.loads(ours["codes/zarr.json"])["data_type"] == code_dtype
 
 
 def test_other_layouts_and_damaged_chunks(tmp_path):

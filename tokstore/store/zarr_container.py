@@ -1,10 +1,10 @@
 """The Zarr v3 container: a local directory or any fsspec URL (memory://, s3://, ...).
 
-zarr-python creates the store. A local directory in the plain layout tokstore writes (regular
-1-D chunks, the bytes codec, little-endian, no compression; see zarr_plain.py) is then read and
-written around it: each array's zarr.json is parsed here, chunk files are memory-mapped, so that
-reading one sample costs a numpy slice instead of a zarr call (~400 us), and written as
-zarr-python writes them (zarr_plain.PlainArray) without its ~1.5 ms a call. Anything else --
+A local directory is created in the plain layout tokstore writes (regular 1-D chunks, the bytes
+codec, little-endian, no compression; see zarr_plain.py), and a local store in that layout is read
+and written without zarr-python: each array's zarr.json is parsed here, chunk files are
+memory-mapped, so that reading one sample costs a numpy slice instead of a zarr call (~400 us),
+and written as zarr-python writes them (zarr_plain) without its ~1.5 ms a call. Anything else --
 URLs, compressed copies -- goes through zarr-python, read one whole chunk at a time (a local copy
 in another layout warns once: StoreFallbackWarning).
 
@@ -29,6 +29,7 @@ from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, 
 from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
                      StoreWriteError)
 from .format import RECORD_KEY, Record, chunk_length
+from . import zarr_plain
 from .zarr_plain import PlainArray, plain_layout
 
 LOCK_FILE = "tokstore.lock"
@@ -60,54 +61,70 @@ class ZarrContainer:
     @classmethod
     def create(cls, path: str, record: Record, dtypes: dict, chunk_bytes: int,
                overwrite: bool) -> "ZarrContainer":
-        import zarr
-        from zarr.errors import ContainsArrayError, ContainsGroupError
-
         self = cls(path, writable=True)
-        if self.dir is not None:
-            try:
-                occupied = self.dir.is_file() or (self.dir.is_dir() and any(self.dir.iterdir()))
-                if occupied:
-                    if not overwrite:
-                        raise StoreError(f"{path} already exists (not replacing "
-                                         f"it: TokenStore.create(..., overwrite=True) does)")
-                    if not (self.dir / "zarr.json").is_file():
-                        raise StoreError(f"{path} exists and is not a Zarr store: not "
-                                         f"overwriting it")
-                    shutil.rmtree(self.dir)
-                self.dir.parent.mkdir(parents=True, exist_ok=True)
-                oscalls.remove_abandoned(self.dir)
-                self._creating = oscalls.creation_path(self.dir)
-                self._creating.mkdir()
-                self._lock = oscalls.WriterLock.acquire(self._creating, path,
-                                                        self._creating / LOCK_FILE)
-            except OSError as exc:
-                self.close()
-                raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
+        arrays = {}  # name -> (dtype, shape, chunk length)
+        for name, dtype in dtypes.items():
+            if name == "counts":  # fixed size, two slots of one chunk each
+                arrays[name] = dtype, 2 * record.counts_length, record.counts_length
+            else:
+                arrays[name] = dtype, 0, chunk_length(dtype, chunk_bytes)
+        if self.dir is None:
+            self._create_through_zarr(arrays, overwrite)
+            return self
+        try:
+            occupied = self.dir.is_file() or (self.dir.is_dir() and any(self.dir.iterdir()))
+            if occupied:
+                if not overwrite:
+                    raise StoreError(f"{path} already exists (not replacing "
+                                     f"it: TokenStore.create(..., overwrite=True) does)")
+                if not (self.dir / "zarr.json").is_file():
+                    raise StoreError(f"{path} exists and is not a Zarr store: not "
+                                     f"overwriting it")
+                shutil.rmtree(self.dir)
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            oscalls.remove_abandoned(self.dir)
+            self._creating = oscalls.creation_path(self.dir)
+            self._creating.mkdir()
+            self._lock = oscalls.WriterLock.acquire(self._creating, path,
+                                                    self._creating / LOCK_FILE)
             self._target = str(self._creating)
-        remote = "w" if overwrite else "w-"
-        try:  # a local directory is new, ours, and holds at most the lock file
-            self._group = zarr.open_group(self._target, mode=remote if self.dir is None else "a")
-            for name, dtype in dtypes.items():
-                if name == "counts":  # fixed size, two slots of one chunk each
-                    shape, chunk = 2 * record.counts_length, record.counts_length
-                else:
-                    shape, chunk = 0, chunk_length(dtype, chunk_bytes)
-                self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
-                                         compressors=None, filters=None, fill_value=0)
-        except (ContainsGroupError, ContainsArrayError, FileExistsError):
-            self.close()
-            raise StoreError(f"{path} already exists (not replacing it: "
-                             f"TokenStore.create(..., overwrite=True) does)") from None
+            self._create_local(arrays)
         except OSError as exc:
             self.close()
             raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
         except BaseException:
             self.close()
             raise
-        if self._creating is not None:  # everything in it is new: all of it is synced
-            self._touched.update(self._creating.rglob("*"))
+        self._touched.update(self._creating.rglob("*"))  # all new: all synced at the commit
         return self
+
+    def _create_local(self, arrays: dict):
+        """The group and its arrays in the new, empty local directory: the files zarr-python
+        writes, written without it (zarr_plain.create)."""
+        zarr_plain.create(Path(self._target), arrays)
+
+    def _create_through_zarr(self, arrays: dict, overwrite: bool):
+        """The group and its arrays through zarr-python (URLs; `overwrite`: replace a store
+        there, else refuse one)."""
+        import zarr
+        from zarr.errors import ContainsArrayError, ContainsGroupError
+
+        mode = "a" if self._creating is not None else "w" if overwrite else "w-"
+        try:
+            self._group = zarr.open_group(self._target, mode=mode)
+            for name, (dtype, shape, chunk) in arrays.items():
+                self._group.create_array(name, shape=(shape,), chunks=(chunk,), dtype=dtype,
+                                         compressors=None, filters=None, fill_value=0)
+        except (ContainsGroupError, ContainsArrayError, FileExistsError):
+            self.close()
+            raise StoreError(f"{self.path} already exists (not replacing it: "
+                             f"TokenStore.create(..., overwrite=True) does)") from None
+        except OSError as exc:
+            self.close()
+            raise StoreWriteError.from_os_error(self.path, "creating the store", exc) from None
+        except BaseException:
+            self.close()
+            raise
 
     def publish(self):
         """Rename a new local store into place once its first commit is on disk."""

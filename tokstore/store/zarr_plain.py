@@ -1,10 +1,13 @@
 """The plain Zarr v3 layout tokstore writes -- one regular grid of 1-D chunks, the bytes codec,
-little-endian, no compression -- recognised from an array's zarr.json, and written to a local
-directory without zarr-python.
+little-endian, no compression -- recognised from an array's zarr.json, and created and written in
+a local directory without zarr-python.
 
-zarr-python costs ~1.5 ms a call (an event loop and a thread hop for every file), and a commit
-writes and grows each of a dozen arrays: ~30 ms a commit, most of a small build's time. A local
-array in this layout is written here to the same files zarr-python writes:
+zarr-python costs ~1.5 ms a call (an event loop and a thread hop for every file): a commit
+writes and grows each of a dozen arrays (~30 ms a commit, most of a small build's time), and
+creating a store's group and arrays took ~45 ms. A local store in this layout is created
+(`create`) and its arrays written here, to the same files zarr-python writes:
+- creation: the group's zarr.json and each array's, as `zarr.open_group` and `create_array`
+  (no compressors, no filters, fill value 0) write them;
 - each chunk a full-size file (zeros past the data, as write_empty_chunks does), rewritten whole
   through a temporary `*.partial` file beside it and a rename, so that a process that has the old
   file mapped keeps reading the old bytes and a crash leaves the old file or the new one;
@@ -25,6 +28,36 @@ from . import oscalls
 from .errors import StoreCorruptError
 
 METADATA = "zarr.json"
+GROUP_METADATA = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+
+
+def array_metadata(dtype: np.dtype, shape: int, chunk_len: int) -> dict:
+    """A new 1-D array's zarr.json in the plain layout, with zarr-python's keys in its order (and
+    no endianness for one-byte values, as it writes them)."""
+    dtype = np.dtype(dtype)
+    codec = {"name": "bytes"} if dtype.itemsize == 1 else {
+        "name": "bytes", "configuration": {"endian": "little"}}
+    return {"shape": [shape], "data_type": dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_len]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [codec],
+            "attributes": {}, "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+
+
+def encode(meta: dict) -> bytes:
+    """A zarr.json's bytes, formatted as zarr-python formats them."""
+    return json.dumps(meta, allow_nan=True, indent=2).encode()
+
+
+def create(folder: Path, arrays: dict[str, tuple[np.dtype, int, int]]) -> None:
+    """The group's and each array's zarr.json in the existing, empty `folder` (arrays: name ->
+    (dtype, shape, chunk length)), written one at a time as zarr-python writes them. Not synced:
+    the folder is a new store's temporary one, synced whole by its first commit."""
+    replace_unsynced(folder / METADATA, encode(GROUP_METADATA))
+    for name, (dtype, shape, chunk_len) in arrays.items():
+        (folder / name).mkdir()
+        replace_unsynced(folder / name / METADATA, encode(array_metadata(dtype, shape, chunk_len)))
 
 
 def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
@@ -147,6 +180,5 @@ class PlainArray:
         for k in range(-(-length // self.chunk_len), -(-self.shape // self.chunk_len)):
             self._touch(self.chunk_path(k)).unlink(missing_ok=True)
         meta = {**self.meta, "shape": [length]}
-        replace_unsynced(self._touch(self.folder / METADATA),
-                         json.dumps(meta, allow_nan=True, indent=2).encode())
+        replace_unsynced(self._touch(self.folder / METADATA), encode(meta))
         self.meta, self.shape = meta, length
