@@ -228,6 +228,31 @@ def test_stats_plot_checks_its_path_before_drawing_and_leaves_nothing_when_drawi
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_long_series_are_drawn_through_few_points_that_keep_what_a_pixel_shows():
+    """64,000 codebook rows become at most 2,000 points: every bin's smallest and largest count
+    (a lone spike or gap survives), in order; a falling rank series keeps its ends."""
+    from tokstore.plots import POINTS, envelope, log_spaced
+
+    rows = np.full(64000, 50)
+    rows[12345], rows[40000] = 10**6, 0
+    x, y = envelope(rows)
+    assert len(x) == len(y) <= POINTS and np.all(np.diff(x) >= 0)
+    assert 0 <= x[0] and x[-1] < len(rows)
+    assert y.max() == 10**6 and y.min() == 0 and set(y.tolist()) == {0, 50, 10**6}
+    spike = x[y == 10**6]
+    assert abs(spike.mean() - 12345) < len(rows) / (POINTS // 2)
+    short = np.arange(7)
+    assert [a.tolist() for a in envelope(short, points=8)] == [[0.5, 0.5, 2.5, 2.5, 4.5, 4.5,
+                                                                6.5, 6.5],
+                                                               [0, 1, 2, 3, 4, 5, 6, 6]]
+    falling = np.sort(np.random.default_rng(0).zipf(1.5, 50000))[::-1]
+    ranks, values = log_spaced(falling)
+    assert len(ranks) <= POINTS and ranks[0] == 1 and ranks[-1] == len(falling)
+    assert np.array_equal(values, falling[ranks - 1]) and np.all(np.diff(ranks) > 0)
+    assert [a.tolist() for a in log_spaced(falling[:5])] == [[1, 2, 3, 4, 5],
+                                                              falling[:5].tolist()]
+
+
 def test_fsq_digit_counts_split_each_code_into_its_levels():
     from tokstore.inspect import fsq_digit_counts
 

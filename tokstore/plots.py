@@ -11,6 +11,7 @@ import numpy as np
 from tokstore.errors import TokstoreError
 
 MARKERS = 2000  # up to this many points per line get a marker each
+POINTS = 2000   # a longer series is drawn through this many points (a panel is ~450 px wide)
 
 
 def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
@@ -29,7 +30,7 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
     try:
         with open(fd, "wb") as out:
             figure = io.BytesIO()
-            _draw(Figure(figsize=(16, 4.5), layout="tight"), code_counts, lengths,
+            _draw(Figure(figsize=(16, 4.5)), code_counts, lengths,
                   per_dimension).savefig(figure, format="png", dpi=100)
             if stat.S_ISREG(os.fstat(fd).st_mode):  # not a FIFO or a device: no truncating
                 out.truncate(0)
@@ -42,12 +43,14 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
 
 
 def _draw(fig, code_counts, lengths, per_dimension):
-    """The three panels drawn on `fig`; returns it."""
+    """The three panels drawn on `fig`; returns it. Margins are fixed: a "tight" layout draws
+    the figure twice (once to measure its labels), ~40% of the time of a small figure."""
     rank_ax, length_ax, part_ax = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.12, top=0.92, wspace=0.22)
     used = np.sort(code_counts[code_counts > 0])[::-1]
     if len(used):  # markers only where they stay legible (and cheap): 64,000 of them take seconds
-        rank_ax.loglog(np.arange(1, len(used) + 1), used, marker="." if len(used) <= MARKERS else "",
-                       linestyle="-")
+        rank, count = log_spaced(used)
+        rank_ax.loglog(rank, count, marker="." if len(used) <= MARKERS else "", linestyle="-")
     rank_ax.set(title=f"code frequency by rank ({len(used)} active)", xlabel="rank", ylabel="count")
 
     length_ax.hist(lengths, bins=min(50, max(1, len(np.unique(lengths)))))
@@ -59,8 +62,30 @@ def _draw(fig, code_counts, lengths, per_dimension):
         part_ax.legend(fontsize="small")
         part_ax.set(title="code usage per FSQ dimension", xlabel="level (digit value)", ylabel="count")
     else:
-        # one step line, not one bar per row: 64,000 bar patches take a minute to draw (and a
-        # filled patch seconds: matplotlib walks its path to find the limits)
-        part_ax.step(np.arange(len(code_counts)), code_counts, where="mid", linewidth=0.6)
+        # one line, not one bar per row: 64,000 bar patches take a minute to draw (and a filled
+        # patch seconds: matplotlib walks its path to find the limits)
+        if len(code_counts) <= POINTS:
+            part_ax.step(np.arange(len(code_counts)), code_counts, where="mid", linewidth=0.6)
+        else:
+            part_ax.plot(*envelope(code_counts), linewidth=0.6)
         part_ax.set(title="code usage per codebook row", xlabel="codebook row", ylabel="count")
     return fig
+
+
+def log_spaced(descending: np.ndarray, points: int = POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, value) at up to `points` ranks spaced evenly on a log axis, the first and last
+    included: a falling series seen on log-log axes loses nothing a pixel would show."""
+    if len(descending) <= points:
+        return np.arange(1, len(descending) + 1), descending
+    ranks = np.unique(np.geomspace(1, len(descending), points).round().astype(np.int64))
+    return ranks, descending[ranks - 1]
+
+
+def envelope(values: np.ndarray, points: int = POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a line through each bin's smallest and largest value, for bins of consecutive
+    entries (at most points / 2 of them): what a pixel column of the whole series shows."""
+    width = -(-len(values) // (points // 2))
+    padded = np.pad(values, (0, -len(values) % width), mode="edge").reshape(-1, width)
+    starts = np.arange(len(padded)) * width
+    return (np.repeat(starts + (width - 1) / 2, 2),
+            np.stack([padded.min(axis=1), padded.max(axis=1)], axis=1).ravel())
