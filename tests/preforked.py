@@ -1,4 +1,4 @@
-"""Test processes forked from an interpreter that has already imported torch, numpy, zarr, h5py
+"""Test processes forked from an interpreter that has already imported torch, numpy, h5py
 and tokstore, instead of a fresh `python -m cli` (or store_child.py) paying ~1-5 s of imports
 each time: the suite starts hundreds of them.
 
@@ -53,10 +53,10 @@ MODULES = ("cli", "torch.distributed.run")  # what `python -m` may run here; oth
 # that build or load a model; "store" leaves torch out (a child forks ~3x faster from a process
 # a quarter the size) for the store writers and the CLI's commands that never import it
 PRELOADS = {
-    "full": ["numpy", "torch", "torch.utils.data", "zarr", "h5py", "typer", "typer.rich_utils",
+    "full": ["numpy", "torch", "torch.utils.data", "h5py", "typer", "typer.rich_utils",
              "tqdm", "tokstore", "tokstore.store", "tokstore.build", "tokstore.inspect",
              "tokstore.legacy", "tokstore.torch", "vqvae", "store_faults", "store_samples"],
-    "store": ["numpy", "zarr", "h5py", "typer", "typer.rich_utils", "tqdm", "tokstore",
+    "store": ["numpy", "h5py", "typer", "typer.rich_utils", "tqdm", "tokstore",
               "tokstore.store", "store_faults", "store_samples"],
 }
 # read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):

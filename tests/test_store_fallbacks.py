@@ -7,7 +7,6 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-import zarr
 from store_samples import CODEBOOK, batch
 
 from tokstore import TokenStore
@@ -27,6 +26,8 @@ def contents(store):
 
 
 def compressed_zarr_copy(source, target):
+    import zarr  # only here: a test process that runs none of these need not load it
+
     old, new = zarr.open_group(str(source), mode="r"), zarr.open_group(str(target), mode="w")
     for name, array in old.arrays():
         copy = new.create_array(name, shape=array.shape, chunks=array.chunks, dtype=array.dtype,

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import zarr
 from store_samples import CODEBOOK, batch
 
 from tokstore import TokenStore
@@ -55,6 +54,8 @@ def test_the_files_are_those_zarr_python_writes(tmp_path, monkeypatch, chunk_byt
         assert [store.codes(i).tolist() for i in range(41)] == [c.tolist() for c in
                                                                 batch(0, 41)[1]]
         lengths = store._record.array_lengths
+    import zarr  # in the tests that use it: other test processes need not load it
+
     group = zarr.open_group(str(ours), mode="r")
     for name in ARRAYS:
         if name in lengths:
@@ -81,6 +82,8 @@ def test_a_new_store_is_what_zarr_python_creates(tmp_path, monkeypatch, code_dty
 def test_other_layouts_and_damaged_chunks(tmp_path):
     """A compressed array is not the plain layout (zarr-python writes it); a chunk file of the
     wrong size under committed values is an error naming it, not overwritten with zeros."""
+    import zarr
+
     compressed = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4,), chunks=(2,),
                                    dtype="int64", fill_value=0)
     assert plain_layout(json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())) is None
