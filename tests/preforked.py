@@ -51,13 +51,18 @@ SITE = TESTS / "fault_site"
 MODULES = ("cli", "torch.distributed.run")  # what `python -m` may run here; others start fresh
 # what a server imports before it forks, by name (a request names one): "full" for commands
 # that build or load a model; "store" leaves torch out (a child forks ~3x faster from a process
-# a quarter the size) for the store writers and the CLI's commands that never import it
+# a quarter the size) for the store writers and the CLI's commands that never import it. Each
+# has what a CLI command imports as it runs: typer's parameter coercion loads pydantic (~100 ms
+# of every child, left to the child)
 PRELOADS = {
     "full": ["numpy", "torch", "torch.utils.data", "h5py", "typer", "typer.rich_utils",
-             "tqdm", "tokstore", "tokstore.store", "tokstore.build", "tokstore.inspect",
+             "typer._click.decorators", "typer._adapters", "pydantic.plugin._loader", "tqdm",
+             "tokstore", "tokstore.store", "tokstore.build", "tokstore.inspect", "tokstore.render",
              "tokstore.legacy", "tokstore.torch", "vqvae", "store_faults", "store_samples"],
-    "store": ["numpy", "h5py", "typer", "typer.rich_utils", "tqdm", "tokstore",
-              "tokstore.store", "store_faults", "store_samples"],
+    "store": ["numpy", "h5py", "typer", "typer.rich_utils", "typer._click.decorators",
+              "typer._adapters", "pydantic.plugin._loader", "tqdm", "tokstore", "tokstore.store",
+              "tokstore.inspect", "tokstore.render", "vqvae.config", "vqvae.normalize",
+              "store_faults", "store_samples"],
 }
 # read when the interpreter or a library starts (PYTHONPATH: a sitecustomize there runs first):
 # one server per combination a test asks for
