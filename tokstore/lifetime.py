@@ -4,20 +4,18 @@ and hold none of its locks, and SIGTERM/SIGINT turned into an exception the buil
 Why: a forked DataLoader worker outlives a SIGKILLed build (it blocks on a full pipe forever) and
 shares the open file description of the store's flock, so the store stays locked until someone
 kills it by hand. Linux kills a worker with its parent through prctl(PR_SET_PDEATHSIG); elsewhere
-a watchdog thread polls the parent pid. Spawned workers (macOS, Windows) inherit no locks.
+a watchdog thread polls the parent pid. Spawned workers (macOS, Windows) inherit no locks. The
+calls themselves are the platform module's (store/oscalls.py).
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
-import sys
 import threading
-from pathlib import Path
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from .store import oscalls
+
 WATCHDOG_SECONDS = 0.5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -25,7 +23,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def die_with_parent(parent: int, use_prctl: bool = True) -> str:
     """Make this (child) process end when `parent` does; returns the mechanism used."""
     mechanism = "watchdog"
-    if use_prctl and _prctl_pdeathsig(signal.SIGKILL):
+    if use_prctl and oscalls.set_parent_death_signal(signal.SIGKILL):
         mechanism = "prctl"
     else:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
@@ -35,16 +33,6 @@ def die_with_parent(parent: int, use_prctl: bool = True) -> str:
     return mechanism
 
 
-def _prctl_pdeathsig(sig: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         threading.Event().wait(WATCHDOG_SECONDS)
@@ -52,24 +40,15 @@ def _watch_parent(parent: int) -> None:
 
 
 def close_inherited_locks() -> list[int]:
-    """Close every descriptor of this process that holds a file lock (flock or OFD lock), as
-    /proc/self/fdinfo lists them. For a forked child: its copy shares the parent's lock, and
-    closing the copy (never unlocking, which would release the parent's too) leaves the lock to
-    the parent alone. Returns the closed descriptors; without /proc, none."""
+    """Close every descriptor of this process that holds a file lock (flock or OFD lock). For a
+    forked child: its copy shares the parent's lock, and closing the copy (never unlocking, which
+    would release the parent's too) leaves the lock to the parent alone. Returns the closed
+    descriptors; where the platform cannot list them, none."""
     closed = []
-    try:
-        fds = os.listdir("/proc/self/fdinfo")
-    except OSError:
-        return closed
-    for name in fds:
-        try:
-            info = Path(f"/proc/self/fdinfo/{name}").read_text()
-        except OSError:  # the listing's own descriptor, already closed
-            continue
-        if any(line.startswith("lock:") for line in info.splitlines()):
-            with contextlib.suppress(OSError):
-                os.close(int(name))
-                closed.append(int(name))
+    for fd in oscalls.lock_holding_descriptors() or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+            closed.append(fd)
     return closed
 
 

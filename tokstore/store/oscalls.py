@@ -27,8 +27,12 @@ fallback used where the platform lacks it.
    arrays are copied: both fallbacks warn once per process (PlatformFallbackWarning).
  - `loaded_function`: a C function of a shared library this process has mapped (Linux /proc +
    ctypes), for the one HDF5 setting h5py does not expose; None elsewhere.
+ - `set_parent_death_signal` / `lock_holding_descriptors`: for a build's forked loader workers
+   (tokstore/lifetime.py): prctl(PR_SET_PDEATHSIG) through libc, and the descriptors that hold a
+   file lock as /proc/self/fdinfo lists them; False / None where the platform lacks them (the
+   caller then watches its parent from a thread, and has no inherited flock to close).
 
-This is the only module of the store that touches fcntl, ctypes or positioned I/O. What the
+This is the only module of tokstore that touches fcntl, ctypes, /proc or positioned I/O. What the
 platform offers is decided once, at import, in the HAVE_* flags; TOKSTORE_PORTABLE=1 in the
 environment turns them all off, so the tests run the fallbacks on Linux.
 """
@@ -74,6 +78,7 @@ ctypes = _optional("ctypes")    # None on some embedded builds
 HAVE_FLOCK = fcntl is not None
 HAVE_PREAD = not PORTABLE and hasattr(os, "pread") and hasattr(os, "pwrite")
 HAVE_PROC_MAPS = not PORTABLE and os.path.exists("/proc/self/maps")
+HAVE_PROC_FDINFO = not PORTABLE and os.path.isdir("/proc/self/fdinfo")
 O_BINARY = getattr(os, "O_BINARY", 0)  # Windows opens descriptors in text mode otherwise
 _WARNED: set[str] = set()  # the kinds of fallback already reported in this process
 
@@ -504,6 +509,43 @@ _libc = _load_libc()
 HAVE_LIBC_MMAP = _libc is not None
 _MAP_FAILED = ctypes.c_void_p(-1).value if ctypes is not None else None
 _PROT_NONE, _MAP_FIXED, _MAP_NORESERVE = 0, 0x10, 0x4000  # Linux values, not in Python's mmap
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Have the kernel send `sig` to this process when its parent ends (Linux prctl
+    PR_SET_PDEATHSIG, through the libc already loaded: no library search); False where it
+    cannot."""
+    if _libc is None:
+        return False
+    try:
+        return _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except AttributeError:
+        return False
+
+
+def lock_holding_descriptors() -> list[int] | None:
+    """This process's descriptors that hold a file lock (flock or OFD lock), as
+    /proc/self/fdinfo lists them; None where there is no such listing."""
+    if not HAVE_PROC_FDINFO:
+        return None
+    try:
+        names = os.listdir("/proc/self/fdinfo")
+    except OSError:
+        return None
+    held = []
+    for name in names:
+        try:
+            info = Path(f"/proc/self/fdinfo/{name}").read_text()
+        except OSError:  # the listing's own descriptor, already closed
+            continue
+        if any(line.startswith("lock:") for line in info.splitlines()):
+            held.append(int(name))
+    return held
 
 
 # ---- shared libraries ----------------------------------------------------------------------
