@@ -1,12 +1,14 @@
-"""Commits to a local zarr store: chunk files written by tokstore (store/zarr_plain.py) against
-the same writes through zarr-python (the store before), same run, same files.
+"""Creating and committing to a local zarr store: the files written by tokstore
+(store/zarr_plain.py) against the same files through zarr-python (the store before), same run.
 
     python -m benchmarks.zarr_writes [--dir DIR] [--commits 5] [--samples 8 5000 50000]
+                                     [--creates 20]
 
-Each commit appends N samples of ~100 codes and one caption line, then commits (fsyncs
-included). Reported: the median commit time of each writer and the ratio zarr-python / tokstore.
-A build commits every window on small runs (tests, `--commit-every` small) and every 50,000
-motions on large ones: both ends are measured.
+Creation: a new store (its group, a dozen arrays and the first, empty commit), then close; the
+median of --creates. Each commit appends N samples of ~100 codes and one caption line, then
+commits (fsyncs included). Reported: the median time of each writer and the ratio zarr-python /
+tokstore. A build commits every window on small runs (tests, `--commit-every` small) and every
+50,000 motions on large ones: both ends are measured.
 """
 from __future__ import annotations
 
@@ -38,24 +40,51 @@ def commit_seconds(path: Path, samples: int, commits: int) -> float:
     return statistics.median(seconds)
 
 
+def create_seconds(work: Path, creates: int) -> float:
+    seconds = []
+    for k in range(creates):
+        with Timer() as timer:
+            TokenStore.create(work / f"new-{k}.zarr", 64000).close()
+        seconds.append(timer.seconds)
+    return statistics.median(seconds)
+
+
+def through_zarr_python():
+    """Creation and every write through zarr-python, as before zarr_plain."""
+    container = zarr_container.ZarrContainer
+    return (mock.patch.object(container, "_plain_array", lambda self, name: None),
+            mock.patch.object(container, "_create_local", lambda self, arrays:
+                              self._create_through_zarr(arrays, overwrite=False)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: temp)")
     parser.add_argument("--commits", type=int, default=5)
     parser.add_argument("--samples", type=int, nargs="+", default=[8, 5000, 50000])
+    parser.add_argument("--creates", type=int, default=20)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tokstore-bench-zarr-", dir=args.dir))
     print(machine())
-    print("| samples per commit | tokstore writes | zarr-python writes | zarr-python / tokstore |")
+    print("| what | tokstore writes | zarr-python writes | zarr-python / tokstore |")
     print("|---|---|---|---|")
     try:
+        for folder in ("ours", "theirs", "warm"):
+            (work / folder).mkdir()
+        ours = create_seconds(work / "ours", args.creates)
+        plain, create = through_zarr_python()
+        with plain, create:
+            create_seconds(work / "warm", 1)  # zarr-python's import and event loop: not counted
+            theirs = create_seconds(work / "theirs", args.creates)
+        print(f"| create a store | {ours * 1e3:.1f} ms | {theirs * 1e3:.1f} ms | "
+              f"{theirs / ours:.2f}x |")
         for samples in args.samples:
             ours = commit_seconds(work / f"ours-{samples}.zarr", samples, args.commits)
-            with mock.patch.object(zarr_container.ZarrContainer, "_plain_array",
-                                   lambda self, name: None):
+            plain, create = through_zarr_python()
+            with plain, create:
                 theirs = commit_seconds(work / f"zarr-{samples}.zarr", samples, args.commits)
-            print(f"| {samples:,} | {ours * 1e3:.1f} ms | {theirs * 1e3:.1f} ms | "
+            print(f"| commit {samples:,} samples | {ours * 1e3:.1f} ms | {theirs * 1e3:.1f} ms | "
                   f"{theirs / ours:.2f}x |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
