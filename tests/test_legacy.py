@@ -12,14 +12,13 @@ import numpy as np
 import preforked
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cli
-from build_helpers import REPO, subprocess_env
+from build_helpers import REPO, OnceBuiltCliRunner, subprocess_env
 from tokstore import TokenStore
 from tokstore.legacy import legacy_probs, read_all_data
 
-runner = CliRunner()
+runner = OnceBuiltCliRunner()
 
 
 def tokstore(*args) -> object:
