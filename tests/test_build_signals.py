@@ -75,7 +75,7 @@ def wait_for_workers(process, store, workers: int):
         children = descendants(process.pid)
         if committed(store) > 0 and len(children) >= workers:
             return children
-        time.sleep(0.01)
+        time.sleep(0.03)  # each look scans /proc and opens the store: CPU the build needs
     process.kill()
     raise AssertionError(f"the build ended or stalled before it was mid-way: "
                          f"{process.communicate()}")
