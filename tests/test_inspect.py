@@ -253,6 +253,31 @@ def test_long_series_are_drawn_through_few_points_that_keep_what_a_pixel_shows()
                                                               falling[:5].tolist()]
 
 
+@pytest.mark.parametrize("counts, per_dimension", [
+    (np.arange(700_000, 764_002), None),  # one decade on a log axis: labels such as 9x10^5
+    (np.array([5, 3, 0, 0]), None),
+    (np.arange(10**14, 10**14 + 64_002) * 7, [np.full(8, 10**15)] * 5)],
+    ids=["within-a-decade", "tiny-codebook", "huge-fsq"])
+def test_plot_labels_stay_inside_the_figure(counts, per_dimension):
+    """The margins are fixed (no measuring layout): every label and tick label must still fit."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from tokstore import plots
+
+    figure = plots._draw(Figure(figsize=plots.FIGSIZE), counts, np.arange(1, 3_000_000, 997),
+                         per_dimension)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    inside = figure.bbox
+    for ax in figure.axes:  # everything drawn for a panel: title, labels, tick labels, offsets
+        box = ax.get_tightbbox(renderer)
+        assert (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+                and box.y1 <= inside.y1), (ax.get_title(), box)
+    for left, right in zip(figure.axes, figure.axes[1:]):  # nor does one panel run into the next
+        assert left.get_tightbbox(renderer).x1 < right.get_tightbbox(renderer).x0
+
+
 def test_fsq_digit_counts_split_each_code_into_its_levels():
     from tokstore.inspect import fsq_digit_counts
 

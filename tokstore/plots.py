@@ -12,6 +12,7 @@ from tokstore.errors import TokstoreError
 
 MARKERS = 2000  # up to this many points per line get a marker each
 POINTS = 2000   # a longer series is drawn through this many points (a panel is ~450 px wide)
+FIGSIZE = (16, 4.5)  # inches, at 100 dpi
 
 
 def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
@@ -30,7 +31,7 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
     try:
         with open(fd, "wb") as out:
             figure = io.BytesIO()
-            _draw(Figure(figsize=(16, 4.5)), code_counts, lengths,
+            _draw(Figure(figsize=FIGSIZE), code_counts, lengths,
                   per_dimension).savefig(figure, format="png", dpi=100)
             if stat.S_ISREG(os.fstat(fd).st_mode):  # not a FIFO or a device: no truncating
                 out.truncate(0)
@@ -46,7 +47,7 @@ def _draw(fig, code_counts, lengths, per_dimension):
     """The three panels drawn on `fig`; returns it. Margins are fixed: a "tight" layout draws
     the figure twice (once to measure its labels), ~40% of the time of a small figure."""
     rank_ax, length_ax, part_ax = fig.subplots(1, 3)
-    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.12, top=0.92, wspace=0.22)
+    fig.subplots_adjust(left=0.065, right=0.99, bottom=0.12, top=0.92, wspace=0.27)
     used = np.sort(code_counts[code_counts > 0])[::-1]
     if len(used):  # markers only where they stay legible (and cheap): 64,000 of them take seconds
         rank, count = log_spaced(used)
