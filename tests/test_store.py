@@ -6,6 +6,7 @@ import os
 import struct
 import uuid
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,50 @@ def test_create_refuses_an_existing_store_unless_overwrite(tmp_path, backend):
     with pytest.raises(StoreError, match="not overwriting"):
         TokenStore.create(precious, 5, backend=backend, overwrite=True)
     assert precious.exists()
+
+
+def test_overwrite_refuses_a_store_another_writer_has_open(tmp_path, backend):
+    path = build(store_path(tmp_path, backend), backend, n=3)
+    with TokenStore.open(path, mode="a") as writer:
+        with pytest.raises(StoreLockedError):
+            TokenStore.create(path, 5, backend=backend, overwrite=True)
+        writer.append(*batch(3, 5))
+    with TokenStore.open(path) as store:
+        assert len(store) == 5 and store.check() == []
+
+
+def test_overwrite_killed_while_deleting_the_old_store(tmp_path, backend, monkeypatch):
+    """Dying half-way through deleting the store being replaced: the path holds the old store
+    whole or nothing (never a store missing half its files), and the next overwrite completes
+    and leaves nothing beside it."""
+    import shutil
+
+    path = build(store_path(tmp_path, backend), backend, n=3)
+    real_rmtree, real_unlink = shutil.rmtree, Path.unlink
+
+    def dies_half_way(target, *args, **kwargs):
+        files = sorted(p for p in Path(target).rglob("*") if p.is_file())
+        for file in files[:len(files) // 2]:
+            real_unlink(file)
+        raise KeyboardInterrupt  # where a SIGKILL would stop it: nothing runs after
+
+    def unlink_dies(self, *args, **kwargs):
+        if self.name == path.name or self.name.startswith(f".{path.name}."):
+            raise KeyboardInterrupt  # the HDF5 file: one unlink, the death just before it
+        return real_unlink(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "rmtree", dies_half_way)
+        patched.setattr(Path, "unlink", unlink_dies)
+        with pytest.raises(KeyboardInterrupt):
+            TokenStore.create(path, 5, backend=backend, overwrite=True)
+    if path.exists():
+        with TokenStore.open(path) as store:
+            assert len(store) == 3 and store.check() == []
+    TokenStore.create(path, 5, backend=backend, overwrite=True).close()
+    with TokenStore.open(path) as store:
+        assert len(store) == 0 and store.codebook_size == 5 and store.check() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_second_writer_is_refused(tmp_path, backend):

@@ -101,7 +101,7 @@ class HDF5Container:
                 if target.is_dir() or not _is_store_file(target):
                     raise StoreError(f"{path} exists and is not a tokstore HDF5 store: "
                                      f"not overwriting it")
-                target.unlink()
+                oscalls.discard_store(target, path)
             target.parent.mkdir(parents=True, exist_ok=True)
             oscalls.remove_abandoned(target)
             temporary = oscalls.creation_path(target)

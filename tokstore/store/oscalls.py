@@ -193,6 +193,24 @@ def remove_abandoned(target: Path) -> None:
             lock.release()
 
 
+def discard_store(target: Path, store: str, fallback_file=None) -> None:
+    """Delete the store at `target` (a file or a directory) that a new one replaces: refused
+    (StoreLockedError) while another process writes it; first moved aside under a creation name
+    in one rename, so that a process dying half-way through the deletion leaves the path empty
+    (never a store missing half its files) and a leftover that remove_abandoned clears."""
+    lock = WriterLock.acquire(target, store, fallback_file)
+    try:
+        doomed = creation_path(target)
+        os.rename(target, doomed)
+        lock.moved_to(target, doomed)
+        if doomed.is_dir() and not doomed.is_symlink():
+            shutil.rmtree(doomed)
+        else:
+            doomed.unlink()
+    finally:
+        lock.release()
+
+
 EXCLUSIVE_FILE = "tokstore.writer"   # the lock file without flock, in a store directory
 EXCLUSIVE_SUFFIX = ".writer"         # ... and beside a store file
 

@@ -80,7 +80,7 @@ class ZarrContainer:
                 if not (self.dir / "zarr.json").is_file():
                     raise StoreError(f"{path} exists and is not a Zarr store: not "
                                      f"overwriting it")
-                shutil.rmtree(self.dir)
+                oscalls.discard_store(self.dir, path, self.dir / LOCK_FILE)
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             oscalls.remove_abandoned(self.dir)
             self._creating = oscalls.creation_path(self.dir)
