@@ -186,6 +186,7 @@ def _wait_status(exited) -> int:
 
 
 def serve(address: str, preload: str) -> None:
+    gc.disable()  # no full collections while the imports allocate (see gc.freeze below)
     for name in PRELOADS[preload]:
         __import__(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -193,6 +194,7 @@ def serve(address: str, preload: str) -> None:
     listener.listen(64)
     _quiet_preloaded_finalizers()
     gc.freeze()
+    gc.enable()  # in each child as in a fresh process
     print("ready", flush=True)
     # a child's end wakes the loop at once (a signal that comes before select still wakes it)
     child_ended, child_ended_write = os.pipe()
