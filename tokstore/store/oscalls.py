@@ -185,12 +185,17 @@ def remove_abandoned(target: Path) -> None:
         except (StoreError, OSError):
             continue
         try:
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
+            _delete(leftover)
         finally:
             lock.release()
+
+
+def _delete(path: Path) -> None:
+    """A directory with what it holds, or a file (a link itself, not what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def discard_store(target: Path, store: str, fallback_file=None) -> None:
@@ -203,10 +208,7 @@ def discard_store(target: Path, store: str, fallback_file=None) -> None:
         doomed = creation_path(target)
         os.rename(target, doomed)
         lock.moved_to(target, doomed)
-        if doomed.is_dir() and not doomed.is_symlink():
-            shutil.rmtree(doomed)
-        else:
-            doomed.unlink()
+        _delete(doomed)
     finally:
         lock.release()
 
