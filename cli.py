@@ -137,10 +137,9 @@ def _echo_summary(s) -> None:
         typer.echo(f"built {s.store}: {s.samples} samples, {s.codes} codes; this run encoded "
                    f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
                    f"({rate:,.0f} frames/s)")
-    if s.skipped:
-        typer.echo(f"skipped {len(s.skipped)}:")
-        for skip in s.skipped:
-            typer.echo(f"  {skip['name']}: {skip['path']}: {skip['reason']}")
+    if s.skipped:  # one write: a build may skip thousands
+        typer.echo("\n".join([f"skipped {len(s.skipped)}:", *(
+            f"  {skip['name']}: {skip['path']}: {skip['reason']}" for skip in s.skipped)]))
 
 
 @app.command(help="Make a small synthetic dataset and a random-weight model of the production "
