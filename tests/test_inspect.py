@@ -267,8 +267,7 @@ def test_plot_labels_stay_inside_the_figure(counts, per_dimension):
 
     figure = plots._draw(Figure(figsize=plots.FIGSIZE), counts, np.arange(1, 3_000_000, 997),
                          per_dimension)
-    renderer = FigureCanvasAgg(figure).get_renderer()
-    figure.draw(renderer)
+    renderer = FigureCanvasAgg(figure).get_renderer()  # lays the text out, draws nothing
     inside = figure.bbox
     for ax in figure.axes:  # everything drawn for a panel: title, labels, tick labels, offsets
         box = ax.get_tightbbox(renderer)
