@@ -113,6 +113,31 @@ def test_a_figure_is_written_through_links_and_over_longer_files(tmp_path):
     assert drawn.endswith(b"IEND\xaeB`\x82")
 
 
+def test_a_figure_that_does_not_fit_on_the_disk_leaves_the_old_one_and_names_the_file(
+        tmp_path, small_tmpfs):
+    """A full disk while the figure is written: the figure already there stays whole (a
+    temporary file is replaced over it only once written), nothing else is left, and the CLI's
+    one line names the file."""
+    pytest.importorskip("matplotlib")
+    from build_helpers import run_cli
+    from tokstore import plots
+
+    store = tmp_path / "s.zarr"
+    with TokenStore.create(store, 64000) as created:
+        created.append(*batch(0, 40))
+    out = small_tmpfs / "keep.png"
+    out.write_bytes(b"the previous figure")
+    (small_tmpfs / "filler").write_bytes(b"x" * (56 << 10))  # the figure needs more than is left
+    result = run_cli("stats", store, "--plot", out)
+    assert result.exit_code != 0
+    assert str(out) in result.output and "No space left" in result.output, result.output
+    assert out.read_bytes() == b"the previous figure"
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "keep.png"]
+    with pytest.raises(OSError):  # the library's own error, without the CLI
+        plots.plot_stats(out, np.arange(64002), np.arange(40), None)
+    assert out.read_bytes() == b"the previous figure"
+
+
 # ---- resume: a kill inside the truncation ---------------------------------------------------
 class Killed(BaseException):
     """A kill at that instruction (nothing after it runs)."""

@@ -5,10 +5,12 @@ import contextlib
 import io
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 
 from tokstore.errors import TokstoreError
+from tokstore.store import oscalls
 
 MARKERS = 2000  # up to this many points per line get a marker each
 POINTS = 2000   # a longer series is drawn through this many points (a panel is ~450 px wide)
@@ -26,18 +28,26 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
 
     existed = os.path.exists(out_png)  # through a link: its target is the file written
     # A path that cannot be written fails now, not after the drawing; a file already there is
-    # cut only once the figure is drawn (no O_TRUNC), so that a failed drawing leaves it whole.
+    # replaced only once the new figure is written beside it, so that a failed drawing or a full
+    # disk leaves it whole.
     fd = os.open(out_png, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
         with open(fd, "wb") as out:
             figure = io.BytesIO()
             _draw(Figure(figsize=FIGSIZE), code_counts, lengths,
                   per_dimension).savefig(figure, format="png", dpi=100)
-            if stat.S_ISREG(os.fstat(fd).st_mode):  # not a FIFO or a device: no truncating
-                out.truncate(0)
-            out.write(figure.getbuffer())
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: written as it is
+                out.write(figure.getbuffer())
+                return
+            target = os.path.realpath(out_png)
+            try:
+                oscalls.replace_file(Path(target), figure.getbuffer(), durable=False)
+                os.chmod(target, stat.S_IMODE(status.st_mode))
+            except OSError as exc:  # os.write's error names no file
+                raise OSError(exc.errno, exc.strerror, str(out_png)) from None
     except BaseException:
-        if not existed:  # no half-written figure left where there was nothing
+        if not existed:  # no figure left where there was nothing
             with contextlib.suppress(OSError):
                 os.unlink(os.path.realpath(out_png))
         raise
