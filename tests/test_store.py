@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import uuid
 import zlib
@@ -320,6 +321,32 @@ def test_overwrite_killed_while_deleting_the_old_store(tmp_path, backend, monkey
     TokenStore.create(path, 5, backend=backend, overwrite=True).close()
     with TokenStore.open(path) as store:
         assert len(store) == 0 and store.codebook_size == 5 and store.check() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_creation_whose_new_file_another_creator_cleared_starts_again(tmp_path, backend,
+                                                                         monkeypatch):
+    """Two processes creating one store: each clears what killed creations left beside it, and
+    one may clear the other's new file or folder before its owner has locked it. The owner makes
+    a fresh one (the race then ends in one store and an "already exists" for the other)."""
+    from tokstore.store import oscalls
+
+    path = store_path(tmp_path, backend)
+    real_acquire, cleared = oscalls.WriterLock.acquire, []
+
+    def acquire(target, store, fallback_file=None):
+        target = Path(target)
+        if target.name.startswith(f".{path.name}.creating-") and not cleared:
+            cleared.append(target)  # what the other creator's remove_abandoned does
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        return real_acquire(target, store, fallback_file)
+
+    monkeypatch.setattr(oscalls.WriterLock, "acquire", staticmethod(acquire))
+    with TokenStore.create(path, CODEBOOK, backend=backend) as store:
+        store.append(*batch(0, 3))
+    assert cleared
+    with TokenStore.open(path) as store:
+        assert len(store) == 3 and store.check() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 

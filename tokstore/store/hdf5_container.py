@@ -104,14 +104,13 @@ class HDF5Container:
                 oscalls.discard_store(target, path)
             target.parent.mkdir(parents=True, exist_ok=True)
             oscalls.remove_abandoned(target)
-            temporary = oscalls.creation_path(target)
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | oscalls.O_BINARY,
-                         0o644)
+            temporary, fd, lock = oscalls.claim_creation_path(
+                target, path, undo=os.close, make=lambda new: os.open(
+                    new, os.O_RDWR | os.O_CREAT | os.O_EXCL | oscalls.O_BINARY, 0o644))
         except OSError as exc:
             raise StoreWriteError.from_os_error(path, "creating the store", exc) from None
-        self = cls(path, None, fd, writable=True, sequence=0, creating=temporary)
+        self = cls(path, None, fd, writable=True, sequence=0, lock=lock, creating=temporary)
         try:
-            self._lock = oscalls.WriterLock.acquire(temporary, path)
             self._file = _create_file(temporary, record, dtypes, chunk_bytes)
         except (OSError, RuntimeError) as exc:
             self.close()

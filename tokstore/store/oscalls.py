@@ -160,6 +160,28 @@ def creation_path(target: Path) -> Path:
     return target.with_name(f"{_creating_prefix(target)}{uuid.uuid4().hex[:16]}")
 
 
+def claim_creation_path(target: Path, store: str, make, undo, fallback_name: str | None = None,
+                        tries: int = 8):
+    """(path, what make(path) returned, its WriterLock): a new creation path for `target`, made
+    and locked. Another process creating the same store clears unlocked leftovers beside it
+    (remove_abandoned) and may clear this one between `make` and the lock: `undo(made)`, then a
+    fresh path. `fallback_name`: the lock file inside a directory that refuses flock."""
+    for attempt in range(tries):
+        path = creation_path(target)
+        made = make(path)
+        try:
+            lock = WriterLock.acquire(path, store, path / fallback_name if fallback_name else None)
+        except (FileNotFoundError, StoreLockedError):
+            lock = None
+        if lock is not None and os.path.lexists(path):  # (without flock, a lock file beside a
+            return path, made, lock                     # path already cleared is still taken)
+        if lock is not None:
+            lock.release()
+        undo(made)
+    raise StoreError(f"{store}: cannot start creating it: other processes creating it at the "
+                     f"same time cleared {tries} new files in turn")
+
+
 def move_into_place(source: Path, target: Path) -> None:
     """Rename source to target, never replacing a file that appeared at target meanwhile (a
     second process creating the same store): a hard link fails if target exists. Where hard links

@@ -83,10 +83,8 @@ class ZarrContainer:
                 oscalls.discard_store(self.dir, path, self.dir / LOCK_FILE)
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             oscalls.remove_abandoned(self.dir)
-            self._creating = oscalls.creation_path(self.dir)
-            self._creating.mkdir()
-            self._lock = oscalls.WriterLock.acquire(self._creating, path,
-                                                    self._creating / LOCK_FILE)
+            self._creating, _, self._lock = oscalls.claim_creation_path(
+                self.dir, path, make=Path.mkdir, undo=lambda _: None, fallback_name=LOCK_FILE)
             self._target = str(self._creating)
             self._create_local(arrays)
         except OSError as exc:
