@@ -81,8 +81,8 @@ def copy_of_made(tmp_path, tmp_path_factory, _made_once):
 
 # Started first, so that with `-n auto` no worker begins one of these as the others run out of
 # work (each takes several seconds: real processes, torch imported, or many of them in turn).
-SLOW_FIRST = ("torchrun", "killed_at_every_write_step", "spawned", "sigkill", "stop_signal",
-              "sigterm", "thousands_of_skips", "disk_full", "hybrid")
+SLOW_FIRST = ("torchrun", "killed_at_every_write_step", "spawned", "forkserver", "sigkill",
+              "stop_signal", "sigterm", "thousands_of_skips", "disk_full", "hybrid")
 
 
 def pytest_collection_modifyitems(items):

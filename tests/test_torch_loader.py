@@ -250,18 +250,16 @@ def test_codes_in_another_dtype(zarr_store):
     assert batch.tokens[0, :len(codes[5]) + 1].tolist() == codes[5].tolist() + [64000]
 
 
-def test_items_with_spawned_workers(tmp_path):
+def test_items_with_forkserver_workers(tmp_path):
     names, codes = build_store(tmp_path / "codes.h5", count=10, backend="hdf5")
     dataset = CodeDataset(tmp_path / "codes.h5")
     dataset[3]                             # an open store must not travel in the pickle
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone[3].codes.tolist() == codes[3].tolist()
-    # one spawned worker: what spawn adds is the dataset pickled to a fresh interpreter that
-    # opens the store itself; several workers taking batches in turn are checked below
-    assert_items_are_the_store(items_of(dataset, num_workers=1, multiprocessing_context="spawn"),
-                               names, codes)
-    # forkserver pickles the dataset to each worker as spawn does; its workers fork from one
-    # process that has imported torch once, instead of four fresh interpreters importing it
+    # forkserver pickles the dataset to each worker as spawn does, into a process that never
+    # opened the store; its workers fork from one process that has imported torch once, instead
+    # of four fresh interpreters importing it. A spawn DataLoader itself (a fresh interpreter
+    # per worker, macOS' and Windows' default) reads both backends in test_platform.py.
     preloaded = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
     context = multiprocessing.get_context("forkserver" if preloaded else "spawn")
     if preloaded:
