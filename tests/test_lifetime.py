@@ -16,6 +16,7 @@ import pytest
 from build_helpers import REPO
 
 from tokstore.lifetime import Interrupted, StopSignals, close_inherited_locks
+from tokstore.store import oscalls
 
 
 def _gone(pid: int) -> bool:
@@ -26,7 +27,10 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-@pytest.mark.parametrize("use_prctl", [True, False])
+@pytest.mark.parametrize("use_prctl", [
+    pytest.param(True, marks=pytest.mark.skipif(
+        oscalls._libc is None, reason="prctl is Linux's (off with TOKSTORE_PORTABLE=1)")),
+    False])
 def test_a_child_dies_within_a_second_of_its_parent(use_prctl):
     script = textwrap.dedent(f"""
         import os, sys, time
@@ -52,7 +56,10 @@ def test_a_child_dies_within_a_second_of_its_parent(use_prctl):
     assert _gone(int(pid)), f"the {how} child outlived its parent"
 
 
-@pytest.mark.parametrize("close", [True, False])
+@pytest.mark.parametrize("close", [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not oscalls.HAVE_PROC_FDINFO, reason="needs /proc (off with TOKSTORE_PORTABLE=1)")),
+    False])
 def test_a_forked_child_can_give_up_the_parents_flock(tmp_path, close):
     lock = tmp_path / "lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)

@@ -138,6 +138,25 @@ def test_a_figure_that_does_not_fit_on_the_disk_leaves_the_old_one_and_names_the
     assert out.read_bytes() == b"the previous figure"
 
 
+def test_a_figure_in_a_folder_that_refuses_new_files_is_written_in_place(tmp_path,
+                                                                        monkeypatch):
+    """A folder that is not writable (or sticky) refuses the temporary file or the rename: the
+    figure is then written into the existing file itself, as before."""
+    pytest.importorskip("matplotlib")
+    from tokstore import plots
+
+    def refused(target, data, **kwargs):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(plots.oscalls, "replace_file", refused)
+    out = tmp_path / "stats.png"
+    out.write_bytes(b"x" * (1 << 20))
+    draw(plots, out)
+    drawn = out.read_bytes()
+    assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and drawn.endswith(b"IEND\xaeB`\x82")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.png"]
+
+
 # ---- resume: a kill inside the truncation ---------------------------------------------------
 class Killed(BaseException):
     """A kill at that instruction (nothing after it runs)."""

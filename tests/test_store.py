@@ -294,7 +294,6 @@ def test_overwrite_killed_while_deleting_the_old_store(tmp_path, backend, monkey
     """Dying half-way through deleting the store being replaced: the path holds the old store
     whole or nothing (never a store missing half its files), and the next overwrite completes
     and leaves nothing beside it."""
-    import shutil
 
     path = build(store_path(tmp_path, backend), backend, n=3)
     real_rmtree, real_unlink = shutil.rmtree, Path.unlink
@@ -306,7 +305,8 @@ def test_overwrite_killed_while_deleting_the_old_store(tmp_path, backend, monkey
         raise KeyboardInterrupt  # where a SIGKILL would stop it: nothing runs after
 
     def unlink_dies(self, *args, **kwargs):
-        if self.name == path.name or self.name.startswith(f".{path.name}."):
+        if self.name == path.name or (self.name.startswith(f".{path.name}.")
+                                      and not self.name.endswith(".writer")):
             raise KeyboardInterrupt  # the HDF5 file: one unlink, the death just before it
         return real_unlink(self, *args, **kwargs)
 
@@ -338,7 +338,7 @@ def test_a_creation_whose_new_file_another_creator_cleared_starts_again(tmp_path
         target = Path(target)
         if target.name.startswith(f".{path.name}.creating-") and not cleared:
             cleared.append(target)  # what the other creator's remove_abandoned does
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            oscalls._delete(target)
         return real_acquire(target, store, fallback_file)
 
     monkeypatch.setattr(oscalls.WriterLock, "acquire", staticmethod(acquire))
@@ -348,6 +348,24 @@ def test_a_creation_whose_new_file_another_creator_cleared_starts_again(tmp_path
     with TokenStore.open(path) as store:
         assert len(store) == 3 and store.check() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_creation_the_file_system_cannot_lock_leaves_nothing(tmp_path, backend, monkeypatch):
+    """A lock the file system refuses (not a race with another creator): the error, and no
+    temporary file or folder and no descriptor left behind."""
+    from tokstore.store import oscalls
+
+    def refused(target, store, fallback_file=None):
+        raise StoreError(f"{store}: cannot lock {target}: No locks available")
+
+    monkeypatch.setattr(oscalls.WriterLock, "acquire", staticmethod(refused))
+    before = sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else []
+    path = store_path(tmp_path, backend)
+    with pytest.raises(StoreError, match="No locks available"):
+        TokenStore.create(path, CODEBOOK, backend=backend)
+    assert list(tmp_path.iterdir()) == []
+    if before:
+        assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 def test_second_writer_is_refused(tmp_path, backend):

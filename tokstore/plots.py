@@ -32,25 +32,43 @@ def plot_stats(out_png, code_counts: np.ndarray, lengths: np.ndarray,
     # disk leaves it whole.
     fd = os.open(out_png, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        with open(fd, "wb") as out:
+        try:
             figure = io.BytesIO()
             _draw(Figure(figsize=FIGSIZE), code_counts, lengths,
                   per_dimension).savefig(figure, format="png", dpi=100)
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):  # a FIFO or a device: written as it is
-                out.write(figure.getbuffer())
+                with open(fd, "wb", closefd=False) as out:
+                    out.write(figure.getbuffer())
                 return
-            target = os.path.realpath(out_png)
-            try:
-                oscalls.replace_file(Path(target), figure.getbuffer(), durable=False)
-                os.chmod(target, stat.S_IMODE(status.st_mode))
-            except OSError as exc:  # os.write's error names no file
-                raise OSError(exc.errno, exc.strerror, str(out_png)) from None
+        finally:
+            os.close(fd)  # before the rename: Windows renames nothing over an open file
+        _replace(os.path.realpath(out_png), figure.getbuffer(), stat.S_IMODE(status.st_mode),
+                 str(out_png))
     except BaseException:
         if not existed:  # no figure left where there was nothing
             with contextlib.suppress(OSError):
                 os.unlink(os.path.realpath(out_png))
         raise
+
+
+def _replace(target: str, data, mode: int, named: str) -> None:
+    """`data` over the regular file `target` through a temporary file beside it (its mode
+    kept); where the folder refuses a new file or the rename (not writable, sticky), in place."""
+    try:
+        oscalls.replace_file(Path(target), data, durable=False)
+    except PermissionError:
+        try:
+            with open(target, "r+b") as out:
+                out.truncate(0)
+                out.write(data)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, named) from None
+        return
+    except OSError as exc:  # os.write's error names no file
+        raise OSError(exc.errno, exc.strerror, named) from None
+    with contextlib.suppress(OSError):  # a file system without modes (vfat) keeps its own
+        os.chmod(target, mode)
 
 
 def _draw(fig, code_counts, lengths, per_dimension):

@@ -38,6 +38,7 @@ environment turns them all off, so the tests run the fallbacks on Linux.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import importlib
@@ -171,12 +172,21 @@ def claim_creation_path(target: Path, store: str, make, undo, fallback_name: str
         made = make(path)
         try:
             lock = WriterLock.acquire(path, store, path / fallback_name if fallback_name else None)
-        except (FileNotFoundError, StoreLockedError):
-            lock = None
-        if lock is not None and os.path.lexists(path):  # (without flock, a lock file beside a
-            return path, made, lock                     # path already cleared is still taken)
-        if lock is not None:
-            lock.release()
+        except (OSError, StoreError) as exc:
+            undo(made)
+            if isinstance(exc, StoreLockedError) or not os.path.lexists(path):
+                continue  # another creator is clearing it, or has: a fresh path
+            with contextlib.suppress(OSError):  # the file system's own refusal: nothing left
+                _delete(path)
+            raise
+        except BaseException:
+            undo(made)
+            with contextlib.suppress(OSError):
+                _delete(path)
+            raise
+        if os.path.lexists(path):  # (without flock, a lock file beside a cleared path is taken)
+            return path, made, lock
+        lock.release()
         undo(made)
     raise StoreError(f"{store}: cannot start creating it: other processes creating it at the "
                      f"same time cleared {tries} new files in turn")
@@ -197,8 +207,9 @@ def move_into_place(source: Path, target: Path) -> None:
 
 
 def remove_abandoned(target: Path) -> None:
-    """Delete what killed creations of `target` left beside it; one still locked is another
-    process creating the store right now, and is left alone."""
+    """Delete what killed creations (and overwrites) of `target` left beside it; one still
+    locked is another process creating the store (or discarding the one it replaces) right now,
+    and is left alone."""
     for leftover in target.parent.glob(f"{glob.escape(_creating_prefix(target))}*"):
         if leftover.name.endswith(EXCLUSIVE_SUFFIX):
             continue  # the lock file of one (see WriterLock): goes with it
@@ -226,13 +237,14 @@ def discard_store(target: Path, store: str, fallback_file=None) -> None:
     in one rename, so that a process dying half-way through the deletion leaves the path empty
     (never a store missing half its files) and a leftover that remove_abandoned clears."""
     lock = WriterLock.acquire(target, store, fallback_file)
+    doomed = creation_path(target)
     try:
-        doomed = creation_path(target)
         os.rename(target, doomed)
         lock.moved_to(target, doomed)
+    finally:  # moved aside, no one writes it: without flock, a lock file left by a death here
+        lock.release()  # would keep remove_abandoned from ever clearing it
+    with contextlib.suppress(FileNotFoundError):  # another creator may be clearing it too
         _delete(doomed)
-    finally:
-        lock.release()
 
 
 EXCLUSIVE_FILE = "tokstore.writer"   # the lock file without flock, in a store directory

@@ -103,7 +103,8 @@ class ZarrContainer:
 
     def _create_through_zarr(self, arrays: dict, overwrite: bool):
         """The group and its arrays through zarr-python (URLs; `overwrite`: replace a store
-        there, else refuse one)."""
+        there, else refuse one). For a local directory only where a test or benchmark puts it
+        in place of _create_local, to compare the files."""
         import zarr
         from zarr.errors import ContainsArrayError, ContainsGroupError
 
@@ -341,7 +342,7 @@ class ZarrContainer:
             self._lock.check()
         where = Path(self._target)
         try:
-            if self._root is None:  # a new store: the group zarr wrote
+            if self._root is None:  # a new store: the group zarr.json its creation wrote
                 self._root = json.loads((where / "zarr.json").read_text())
             root = {**self._root, "attributes": {**(self._root.get("attributes") or {}),
                                                  RECORD_KEY: record.to_dict()}}
