@@ -167,21 +167,17 @@ def claim_creation_path(target: Path, store: str, make, undo, fallback_name: str
     and locked. Another process creating the same store clears unlocked leftovers beside it
     (remove_abandoned) and may clear this one between `make` and the lock: `undo(made)`, then a
     fresh path. `fallback_name`: the lock file inside a directory that refuses flock."""
-    for attempt in range(tries):
+    for _ in range(tries):
         path = creation_path(target)
         made = make(path)
         try:
             lock = WriterLock.acquire(path, store, path / fallback_name if fallback_name else None)
-        except (OSError, StoreError) as exc:
+        except BaseException as exc:
             undo(made)
-            if isinstance(exc, StoreLockedError) or not os.path.lexists(path):
+            if isinstance(exc, StoreLockedError) or (
+                    isinstance(exc, (OSError, StoreError)) and not os.path.lexists(path)):
                 continue  # another creator is clearing it, or has: a fresh path
-            with contextlib.suppress(OSError):  # the file system's own refusal: nothing left
-                _delete(path)
-            raise
-        except BaseException:
-            undo(made)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # any other failure: nothing of it left
                 _delete(path)
             raise
         if os.path.lexists(path):  # (without flock, a lock file beside a cleared path is taken)
