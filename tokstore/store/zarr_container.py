@@ -100,6 +100,7 @@ class ZarrContainer:
         """The group and its arrays in the new, empty local directory: the files zarr-python
         writes, written without it (zarr_plain.create)."""
         zarr_plain.create(Path(self._target), arrays)
+        self._root = dict(zarr_plain.GROUP_METADATA)  # the first commit's record goes in it
 
     def _create_through_zarr(self, arrays: dict, overwrite: bool):
         """The group and its arrays through zarr-python (URLs; `overwrite`: replace a store
@@ -342,7 +343,7 @@ class ZarrContainer:
             self._lock.check()
         where = Path(self._target)
         try:
-            if self._root is None:  # a new store: the group zarr.json its creation wrote
+            if self._root is None:  # a store zarr-python created: the group it wrote
                 self._root = json.loads((where / "zarr.json").read_text())
             root = {**self._root, "attributes": {**(self._root.get("attributes") or {}),
                                                  RECORD_KEY: record.to_dict()}}
