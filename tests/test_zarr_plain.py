@@ -17,6 +17,11 @@ from tokstore.store.format import ARRAYS
 from tokstore.store.zarr_plain import PlainArray, plain_layout
 
 
+def created_through_zarr(self, arrays):
+    """ZarrContainer._create_local as it was: the group and arrays made by zarr-python."""
+    self._create_through_zarr(arrays, overwrite=False)
+
+
 def files(path) -> dict:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file() and p.name != zarr_container.LOCK_FILE}
@@ -44,7 +49,7 @@ def test_the_files_are_those_zarr_python_writes(tmp_path, monkeypatch, chunk_byt
     with monkeypatch.context() as patched:  # creation and every write through zarr-python
         patched.setattr(zarr_container.ZarrContainer, "_plain_array", lambda self, name: None)
         patched.setattr(zarr_container.ZarrContainer, "_create_local",
-                        lambda self, arrays: self._create_through_zarr(arrays, overwrite=False))
+                        created_through_zarr)
         theirs = tmp_path / "theirs.zarr"
         write_history(theirs, chunk_bytes)
     assert files(ours) == files(theirs)
@@ -74,7 +79,7 @@ def test_a_new_store_is_what_zarr_python_creates(tmp_path, monkeypatch, code_dty
 
     ours = create(tmp_path / "ours.zarr")
     monkeypatch.setattr(zarr_container.ZarrContainer, "_create_local",
-                        lambda self, arrays: self._create_through_zarr(arrays, overwrite=False))
+                        created_through_zarr)
     assert ours == create(tmp_path / "theirs.zarr")
     assert json.loads(ours["codes/zarr.json"])["data_type"] == code_dtype
 
