@@ -56,15 +56,13 @@ def _replace(target: str, data, mode: int, named: str) -> None:
     """`data` over the regular file `target` through a temporary file beside it (its mode
     kept); where the folder refuses a new file or the rename (not writable, sticky), in place."""
     try:
-        oscalls.replace_file(Path(target), data, durable=False)
-    except PermissionError:
         try:
+            oscalls.replace_file(Path(target), data, durable=False)
+        except PermissionError:
             with open(target, "r+b") as out:
                 out.truncate(0)
                 out.write(data)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, named) from None
-        return
+            return
     except OSError as exc:  # os.write's error names no file
         raise OSError(exc.errno, exc.strerror, named) from None
     with contextlib.suppress(OSError):  # a file system without modes (vfat) keeps its own
