@@ -170,3 +170,49 @@ def test_the_lists_handed_out_are_copies(tmp_path, old):
         spoil(s)  # the writer's new list, not committed yet
     with TokenStore.open(path) as s:
         spoil(s)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x1c", "\x0b", "\x0c"])
+def test_a_skipped_name_holding_a_unicode_line_separator_reads_back(tmp_path, separator):
+    """A split name may hold characters that str.splitlines() breaks lines at (U+2028, NEL, ...;
+    JSON leaves the non-ASCII ones unescaped): the list is lines split at "\\n" only, so a store
+    that skipped such an entry reads back whole, through `info` and a resume."""
+    dataset, checkpoint = tiny_setup(tmp_path, n=4)
+    ghost = f"{dataset.names[0].split('/')[0]}/ghost{separator}name"
+    names = dataset.names[:2] + [ghost] + dataset.names[2:]
+    dataset.layout.split_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    store = tmp_path / "s.zarr"
+    built = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip"))
+    assert built.exit_code == 0, built.output
+    with TokenStore.open(store) as s:
+        assert s.check() == [] and len(s) == 4
+        assert {e["name"] for e in s.skipped} == {ghost}
+    info = run_cli("info", store)
+    assert info.exit_code == 0 and "skipped:      2\n" in info.output, info.output
+    again = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip"))
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize("data, count, says", [
+    (b'{"name":"a"}\n{"name":"b"}\n', 3, "2 entries, the commit record says 3"),
+    (b'{"name":"a"}\n{"name":"b"}', 2, "last line is unfinished"),
+    (b'{"name":"a"},{"name":"b"}\n', 1, "2 entries"),  # two values on one line
+    (b'{"name":"a"}\n\n', 1, "damaged skipped list: line 2: Expecting value"),  # blank line
+    (b'{"name":"a"}\n{"name":"\xff"}\n', 2, "damaged skipped list: line 2: 'utf-8' codec"),
+    (b'["a"]\n', 1, "1 entries, the commit record says 1"),  # not a dict
+    (b'{"name":"a"}\n]\n', 2, "damaged skipped list: line 2: Expecting value"),
+    (b'{"name":"a"},\n{"name":"b"}\n', 2, "damaged skipped list: line 1: Extra data"),
+])
+def test_a_damaged_list_with_a_matching_checksum_is_an_error_naming_the_store(data, count, says):
+    """The checksum matches (a writer's bug, not a flipped bit): what the bytes hold is still
+    checked line by line."""
+    import zlib
+
+    from tokstore.store import skipped as skipped_list
+    from tokstore.store.errors import StoreCorruptError
+
+    region = {"start": 0, "length": len(data), "count": count, "crc32": zlib.crc32(data)}
+    with pytest.raises(StoreCorruptError, match=f"^where.zarr: .*{says}"):
+        skipped_list.decode(data, region, "where.zarr")
+    with pytest.raises(StoreCorruptError, match="do not match the commit record's checksum"):
+        skipped_list.decode(data, {**region, "crc32": region["crc32"] ^ 1}, "where.zarr")

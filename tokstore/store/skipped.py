@@ -22,12 +22,14 @@ EMPTY = {"start": 0, "length": 0, "count": 0, "crc32": 0}
 
 
 def encode(entries) -> bytes:
-    """The list as UTF-8 JSON lines, or a StoreError if it is not a list of JSON-safe dicts."""
+    """The list as UTF-8 JSON lines, or a StoreError if it is not a list of JSON-safe dicts.
+    JSON escapes "\n" inside strings, so each entry is one line; other characters that some
+    readers break lines at (U+2028, NEL, ...) stay as they are: lines end at "\n" only."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise StoreError("meta 'skipped' must be a list of dicts")
+    line = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
     try:
-        return b"".join(json.dumps(e, ensure_ascii=False, allow_nan=False,
-                                   separators=(",", ":")).encode() + b"\n" for e in entries)
+        return "".join(f"{line(e)}\n" for e in entries).encode()
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise StoreError(f"meta 'skipped' must be JSON-safe: {exc}") from None
 
@@ -37,14 +39,28 @@ def decode(data: bytes, region: dict, where: str) -> list[dict]:
     if len(data) != region["length"] or zlib.crc32(data) != region["crc32"]:
         raise StoreCorruptError(f"{where}: damaged skipped list: its bytes do not match the "
                                 f"commit record's checksum")
-    try:
-        entries = [json.loads(line) for line in data.decode("utf-8").splitlines()]
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise StoreCorruptError(f"{where}: damaged skipped list: {exc}") from None
+    lines = data.split(b"\n")
+    if lines[-1]:  # the list's last line ends with "\n" too
+        raise StoreCorruptError(f"{where}: damaged skipped list: its last line is unfinished")
+    try:  # one JSON array: each line one value (a line of two would make the count differ)
+        entries = json.loads("[" + b",".join(lines[:-1]).decode("utf-8") + "]")
+    except ValueError:  # UnicodeDecodeError too
+        raise StoreCorruptError(f"{where}: damaged skipped list: {_first_bad(lines)}") from None
     if len(entries) != region["count"] or not all(isinstance(e, dict) for e in entries):
         raise StoreCorruptError(f"{where}: damaged skipped list: {len(entries)} entries, the "
                                 f"commit record says {region['count']}")
     return entries
+
+
+def _first_bad(lines: list[bytes]) -> str:
+    """Which line of a list that does not parse is bad, and why (parsed one by one: the slow
+    way, only for a damaged list)."""
+    for number, line in enumerate(lines[:-1], 1):
+        try:
+            json.loads(line.decode("utf-8"))
+        except ValueError as exc:
+            return f"line {number}: {exc}"
+    return "its lines do not join into one list"  # e.g. a line that ends in a comma
 
 
 _SCALARS = (str, int, float, bool, type(None))
