@@ -1,10 +1,13 @@
 """What the build tests share: a tiny dataset and model, running the CLI, reading a store whole."""
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -32,11 +35,23 @@ def tiny_config() -> VQVAEConfig:
 
 
 def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
-    """(dataset, checkpoint path) in tmp_path."""
-    dataset = make_dataset(tmp_path / "data", n, seed=seed, lengths=lengths)
-    checkpoint = tmp_path / "checkpoint.pth"
-    save_random_checkpoint(checkpoint, tiny_config(), seed)
-    return dataset, checkpoint
+    """(dataset, checkpoint path) in tmp_path: tmp_path/"data" and tmp_path/"checkpoint.pth",
+    copied from the ones this test process made first for these arguments (a copy costs a
+    quarter of writing them: the motions are random, the checkpoint a model's)."""
+    key = n, tuple(lengths), seed
+    if key not in _TINY_MADE:
+        where = Path(tempfile.mkdtemp(prefix="tokstore-tiny-"))
+        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        dataset = make_dataset(where / "data", n, seed=seed, lengths=lengths)
+        save_random_checkpoint(where / "checkpoint.pth", tiny_config(), seed)
+        _TINY_MADE[key] = where, dataset
+    where, dataset = _TINY_MADE[key]
+    shutil.copytree(where, tmp_path, symlinks=True, dirs_exist_ok=True)
+    return moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth"
+
+
+# (n, lengths, seed) -> (folder, dataset) of the tiny_setup trees made in this process
+_TINY_MADE: dict[tuple, tuple[Path, SyntheticDataset]] = {}
 
 
 def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:
