@@ -4,7 +4,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import os
 import shutil
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from unittest import mock
 
 import numpy as np
 import preforked
+from preforked import subprocess_env  # noqa: F401 - the tests' import place
 import typer.main
 import typer.testing
 from typer.testing import CliRunner
@@ -123,12 +123,6 @@ class OnceBuiltCliRunner(CliRunner):
 def run_cli(*args):
     """The CLI in this process; result.output holds stdout and stderr."""
     return OnceBuiltCliRunner().invoke(cli.app, [str(a) for a in args])
-
-
-def subprocess_env() -> dict:
-    # one intra-op thread, as torchrun sets it: on a small shared machine two threads fighting
-    # over busy cores make tiny encoder batches 10-100x slower
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 CLI = [sys.executable, "-m", "cli"]

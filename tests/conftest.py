@@ -100,6 +100,10 @@ gc.disable()
 def pytest_configure(config):
     if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
         gc.enable()  # xdist's controller collects nothing: its collector is never turned back on
+        # one preforked server of each kind for all test processes, importing while they collect
+        import preforked
+
+        preforked.share_servers(preforked.subprocess_env())
 
 
 def pytest_collection_finish(session):

@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -228,6 +229,7 @@ def serve(address: str, preload: str) -> None:
     gc.freeze()
     gc.enable()  # in each child as in a fresh process
     print("ready", flush=True)
+    open(os.path.join(os.path.dirname(address), "ready"), "w").close()  # for the sharers
     # a child's end wakes the loop at once (a signal that comes before select still wakes it)
     child_ended, child_ended_write = os.pipe()
     for fd in (child_ended, child_ended_write):
@@ -313,6 +315,9 @@ def serve(address: str, preload: str) -> None:
 
 # ---- the test side ------------------------------------------------------------------------
 class _Server:
+    """A server this process started (it ends when this process does), not waited for until
+    it is first used."""
+
     def __init__(self, settings: tuple, preload: str):
         self.folder = tempfile.mkdtemp(prefix="tokstore-preforked-")
         self.address = os.path.join(self.folder, "server.sock")
@@ -326,21 +331,91 @@ class _Server:
                                             cwd=REPO,
                                             env=env, stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=log, text=True)
-        self.ready = self.process.stdout.readline() == "ready\n"  # not where torch cannot load
+        self._ready: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it got to its loop (not where torch cannot load); waits for it the first time."""
+        if self._ready is None:
+            self._ready = self.process.stdout.readline() == "ready\n"
+        return self._ready
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self):
         """The server ends (and removes its folder) when its stdin closes."""
         self.process.stdin.close()
         self.process.wait(timeout=30)
+        ready = self.ready  # (its line is still in the pipe where nobody used it)
         self.process.stdout.close()
-        if not self.ready and os.path.isdir(self.folder):  # it never got to its loop
+        if not ready and os.path.isdir(self.folder):  # it never got to its loop
             for name in os.listdir(self.folder):
                 os.unlink(os.path.join(self.folder, name))
             os.rmdir(self.folder)
 
 
-# one per preload and set of import-time variables, made on first use
-_servers: dict[tuple[str, tuple], _Server] = {}
+class _SharedServer:
+    """A server that another pytest process started (see share_servers) and owns."""
+
+    def __init__(self, folder: str, pid: int):
+        self.folder, self.pid = folder, pid
+        self.address = os.path.join(folder, "server.sock")
+        self._ready: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it got to its loop; waits for it (its "ready" file) the first time."""
+        deadline = time.monotonic() + 300
+        while self._ready is None:
+            if os.path.exists(os.path.join(self.folder, "ready")):
+                self._ready = True
+            elif not self.alive() or time.monotonic() > deadline:
+                self._ready = False
+            else:
+                time.sleep(0.01)
+        return self._ready
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+# one per preload and set of import-time variables, made (or found shared) on first use
+_servers: dict[tuple[str, tuple], _Server | _SharedServer] = {}
+# names the servers a pytest process shares with the test processes it starts (share_servers)
+SHARED_SERVERS = "PREFORKED_SHARED_SERVERS"
+
+
+def share_servers(env: dict) -> None:
+    """In a pytest process that starts test processes (xdist's controller): start a server for
+    each preload with `env`'s import-time variables (those the tests ask for most), without
+    waiting for them, and name them in this process's environment, which the test processes
+    inherit. They fork from these instead of each importing torch into servers of its own; the
+    servers end with this process."""
+    shared = []
+    for preload in PRELOADS:
+        server = _Server(_settings(env), preload)
+        atexit.register(server.stop)
+        shared.append([preload, list(_settings(env)), server.folder, server.process.pid])
+    os.environ[SHARED_SERVERS] = json.dumps(shared)
+
+
+def _shared_server(key: tuple[str, tuple]) -> _SharedServer | None:
+    for preload, settings, folder, pid in json.loads(os.environ.get(SHARED_SERVERS, "[]")):
+        if (preload, tuple(settings)) == key:
+            return _SharedServer(folder, pid)
+    return None
+
+
+def subprocess_env() -> dict:
+    """The environment test subprocesses run with. One intra-op thread, as torchrun sets it: on
+    a small shared machine two threads fighting over busy cores make tiny encoder batches
+    10-100x slower."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _server_path(env: dict) -> str | None:
@@ -358,12 +433,16 @@ def _settings(env) -> tuple:
                  for k in IMPORT_TIME_VARIABLES)
 
 
-def _server(env: dict, preload: str = "full") -> _Server | None:
+def _server(env: dict, preload: str = "full") -> _Server | _SharedServer | None:
     key = preload, _settings(env)
-    if key not in _servers or (_servers[key].ready and _servers[key].process.poll() is not None):
-        _servers[key] = _Server(key[1], preload)
-        atexit.register(_servers[key].stop)
-    return _servers[key] if _servers[key].ready else None
+    server = _servers.get(key)
+    if server is None or (server.ready and not server.alive()):
+        server = _shared_server(key) if server is None else None  # once: not a dead one again
+        if server is None:
+            server = _Server(key[1], preload)
+            atexit.register(server.stop)
+        _servers[key] = server
+    return server if server.ready else None
 
 
 def _request(command, env, cwd, new_session, memory_limit) -> dict | None:
