@@ -136,3 +136,20 @@ def test_a_failing_close_after_an_error_leaves_the_first_error(tmp_path, backend
     assert "injected close failure" in "".join(raised.value.__notes__)
     with TokenStore.open(path) as again:  # still the last commit
         assert len(again) == 0
+
+
+@pytest.mark.parametrize("size, chunk_bytes, says", [
+    (2**24 + 1, 1 << 19, "codebook_size must be an int in [1, 16777216]"),  # counts: 8 B a code
+    (2**31 - 3, 1 << 19, "codebook_size must be an int in [1, 16777216]"),  # was a 16 GB zeros
+    (0, 1 << 19, "codebook_size must be an int in [1, 16777216], not 0"),
+    (True, 1 << 19, "codebook_size must be an int in [1, 16777216], not True"),
+    (16, 2**26 + 1, "chunk_bytes must be an int in [1, 67108864]"),  # a file that size per array
+    (16, 0, "chunk_bytes must be an int in [1, 67108864], not 0"),
+    (16, 4.0, "chunk_bytes must be an int in [1, 67108864], not 4.0"),
+])
+def test_create_refuses_sizes_it_cannot_hold_before_writing_anything(tmp_path, size, chunk_bytes,
+                                                                      says):
+    for name in ("s.zarr", "s.h5"):
+        with pytest.raises(StoreError, match=re.escape(says)):
+            TokenStore.create(tmp_path / name, size, chunk_bytes=chunk_bytes)
+        assert not (tmp_path / name).exists()

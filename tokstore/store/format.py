@@ -84,6 +84,8 @@ FORMAT_VERSION = 1
 RECORD_KEY = "tokstore"           # zarr root attribute holding the commit record
 RECORD_CHECKSUM = "record_crc32"  # the record's own checksum (see record_checksum)
 DEFAULT_CHUNK_BYTES = 1 << 19     # 512 KiB: small enough that a commit rewrites little
+MAX_CHUNK_BYTES = 1 << 26         # a new store writes one chunk file of this size per array
+MAX_CODEBOOK_SIZE = 1 << 24       # counts hold 8 bytes per code, twice (two slots): 256 MiB
 
 # The append-only arrays, in write order, with their dtypes ("codes" depends on the codebook).
 ARRAYS = ("codes", "offsets", "names", "name_offsets", "name_hashes",

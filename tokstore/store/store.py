@@ -12,8 +12,9 @@ from .batch import SampleBatch
 from .captions import captioned
 from .check import check_store
 from .errors import NameNotFoundError, NotAStoreError, StoreCorruptError, StoreError
-from .format import (DEFAULT_CHUNK_BYTES, FORMAT_VERSION, OFFSET_ARRAYS, Record,
-                     array_dtypes, check_code_dtype, default_code_dtype, json_safe, probabilities)
+from .format import (DEFAULT_CHUNK_BYTES, FORMAT_VERSION, MAX_CHUNK_BYTES, MAX_CODEBOOK_SIZE,
+                     OFFSET_ARRAYS, Record, array_dtypes, check_code_dtype, default_code_dtype,
+                     json_safe, probabilities)
 from .hdf5_container import HDF5Container
 from .reader import StoreReader
 from .writer import StoreWriter
@@ -45,6 +46,11 @@ class Sample:
         return f"Sample(index={self.index}, name={self.name!r}, {len(self.codes)} codes)"
 
 
+def _int_within(value, most: int) -> bool:
+    """An int (not a bool) in [1, most]."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 1 <= value <= most
+
+
 class TokenStore:
     """A chunked, append-only store of VQ-VAE codes with captions (see format.py).
 
@@ -71,14 +77,16 @@ class TokenStore:
         """A new, empty, writable store. backend: "zarr" (a directory or fsspec URL) or "hdf5"
         (one file); by default "hdf5" for paths ending in .h5/.hdf5, else "zarr"."""
         path = os.fspath(path)
-        if not isinstance(codebook_size, (int, np.integer)) or not 1 <= codebook_size < 2**31 - 2:
-            raise StoreError(f"codebook_size must be a positive int, not {codebook_size!r}")
+        if not _int_within(codebook_size, MAX_CODEBOOK_SIZE):
+            raise StoreError(f"codebook_size must be an int in [1, {MAX_CODEBOOK_SIZE}], "
+                             f"not {codebook_size!r}")
         codebook_size = int(codebook_size)
         backend = backend or ("hdf5" if path.lower().endswith(HDF5_SUFFIXES) else "zarr")
         if backend not in BACKENDS:
             raise StoreError(f"backend must be 'zarr' or 'hdf5', not {backend!r}")
-        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise StoreError(f"chunk_bytes must be a positive int, not {chunk_bytes!r}")
+        if not _int_within(chunk_bytes, MAX_CHUNK_BYTES):
+            raise StoreError(f"chunk_bytes must be an int in [1, {MAX_CHUNK_BYTES}], "
+                             f"not {chunk_bytes!r}")
         from .. import __version__
 
         code_dtype = check_code_dtype(code_dtype or default_code_dtype(codebook_size), codebook_size)
