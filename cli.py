@@ -20,6 +20,9 @@ def user_errors():
     a stop signal into its one line and 128 + the signal number."""
     from vqvae import VQVAEError
 
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 (Linux file names are
+        if hasattr(stream, "reconfigure"):   # bytes) prints as backslash escapes, not a traceback
+            stream.reconfigure(errors="backslashreplace")
     try:
         yield
     except StoppedBySignal as exc:

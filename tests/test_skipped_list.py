@@ -4,13 +4,14 @@ back and resume on both backends, and stores written with the list in the record
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from tests.build_helpers import build_args, run_cli, tiny_setup
 from tokstore import TokenStore
-from tokstore.store.errors import StoreError
+from tokstore.store.errors import StoreCorruptError, StoreError
 
 MISSING = 5000
 
@@ -199,7 +200,7 @@ def test_a_skipped_name_holding_a_unicode_line_separator_reads_back(tmp_path, se
     (b'{"name":"a"},{"name":"b"}\n', 1, "2 entries"),  # two values on one line
     (b'{"name":"a"}\n\n', 1, "damaged skipped list: line 2: Expecting value"),  # blank line
     (b'{"name":"a"}\n{"name":"\xff"}\n', 2, "damaged skipped list: line 2: 'utf-8' codec"),
-    (b'["a"]\n', 1, "1 entries, the commit record says 1"),  # not a dict
+    (b'{"name":"a"}\n["a"]\n', 2, "line 2 is not an object"),
     (b'{"name":"a"}\n]\n', 2, "damaged skipped list: line 2: Expecting value"),
     (b'{"name":"a"},\n{"name":"b"}\n', 2, "damaged skipped list: line 1: Extra data"),
 ])
@@ -216,3 +217,97 @@ def test_a_damaged_list_with_a_matching_checksum_is_an_error_naming_the_store(da
         skipped_list.decode(data, region, "where.zarr")
     with pytest.raises(StoreCorruptError, match="do not match the commit record's checksum"):
         skipped_list.decode(data, {**region, "crc32": region["crc32"] ^ 1}, "where.zarr")
+
+
+def _array_length(store) -> int:
+    """How many bytes the store's skipped array holds (live list and dead ones)."""
+    if store.suffix == ".h5":
+        import h5py
+        with h5py.File(store, "r") as f:
+            return len(f["skipped"])
+    return json.loads((store / "skipped" / "zarr.json").read_text())["shape"][0]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_list_rewritten_at_every_commit_keeps_the_array_within_a_few_lists(tmp_path, suffix):
+    """Entries that fail to load are sorted in among the preflight skips, so each commit that
+    finds one writes the whole list again: the array reuses the room dead lists left."""
+    from tokstore.synthetic import corrupt
+
+    dataset, checkpoint = tiny_setup(tmp_path, n=24)
+    for name in dataset.names[::2]:
+        corrupt(dataset, "nan", name)  # found while loading, one window at a time
+    ghosts = [f"{dataset.names[0].split('/')[0]}/ghost_{i:05d}" for i in range(300)]
+    dataset.layout.split_file.write_text("".join(f"{n}\n" for n in dataset.names + ghosts))
+    store = tmp_path / f"s{suffix}"
+    result = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip",
+                                 "--commit-every", "1", "--window", "2"))
+    assert result.exit_code == 0, result.output
+    with TokenStore.open(store) as s:
+        listed = s.skipped
+        assert len(listed) == 12 + 2 * 300 and s.check() == []
+    one_list = len(b"".join(json.dumps(e).encode() + b"\n" for e in listed))
+    assert _array_length(store) <= 3 * one_list  # 12 rewrites: ~12 lists before
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_dataset_under_a_path_that_is_not_utf8_builds_and_lists_its_skips(tmp_path, suffix):
+    """Linux paths are bytes: a folder name that is not UTF-8 (Python's surrogate escapes) is
+    carried into the loader and the skipped list as it is, and printed without a traceback."""
+    import os
+
+    root = tmp_path / os.fsdecode(b"data-\xff")
+    dataset, checkpoint = tiny_setup(root, n=6)
+    names = dataset.names[:3] + [f"{dataset.names[0].split('/')[0]}/ghost"] + dataset.names[3:]
+    dataset.layout.split_file.write_text("".join(f"{n}\n" for n in names))
+    store = root / f"s{suffix}"
+    result = run_cli(*build_args(dataset, checkpoint, store, "--on-error", "skip"))
+    assert result.exit_code == 0, result.output
+    assert "skipped 2:" in result.output
+    with TokenStore.open(store) as s:
+        assert len(s) == 6 and s.check() == []
+        assert {e["path"] for e in s.skipped} >= {str(dataset.layout.motion_path(names[3]))}
+    info = run_cli("info", store)
+    assert info.exit_code == 0 and "skipped:      2\n" in info.output, info.output
+
+
+@pytest.mark.parametrize("line, says", [
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    (b'{"name":NaN}', "line 1: NaN is not JSON"),
+    (b'{"name":Infinity}', "line 1: Infinity is not JSON"),
+    (b"1", "line 1 is not an object"),
+])
+def test_a_list_line_that_parses_to_what_no_writer_writes_is_damage(line, says):
+    import zlib
+
+    from tokstore.store import skipped as skipped_list
+    from tokstore.store.errors import StoreCorruptError
+
+    data = line + b"\n"
+    region = {"start": 0, "length": len(data), "count": 1, "crc32": zlib.crc32(data)}
+    with pytest.raises(StoreCorruptError, match=f"^s.zarr: damaged skipped list: {re.escape(says)}"):
+        skipped_list.decode(data, region, "s.zarr")
+
+
+@pytest.mark.parametrize("listed", [5, "abc", {"name": "a"}, [1, 2], [{"name": "a"}, "b"]])
+def test_an_older_stores_list_in_meta_that_is_not_a_list_of_entries_is_one_line(tmp_path, listed):
+    path = tmp_path / "old.zarr"
+    _old_format(path, [])
+    record = _raw_record(path)
+    _write_raw_record(path, {**record, "meta": {**record["meta"], "skipped": listed}})
+    with TokenStore.open(path) as s:
+        assert any("skipped" in problem for problem in s.check())
+        with pytest.raises(StoreCorruptError, match=f"^{re.escape(str(path))}: .*skipped"):
+            s.skipped
+    result = run_cli("info", path)
+    assert result.exit_code == 1 and result.output.startswith("error: ") and str(path) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_entry_nested_too_deeply_to_read_back_is_refused_when_it_is_set(tmp_path):
+    deep = {"name": "a"}
+    for _ in range(200):
+        deep = {"detail": deep}
+    with TokenStore.create(tmp_path / "s.zarr", 16) as s:
+        with pytest.raises(StoreError, match="nested more than 100 deep"):
+            s.update_meta({"skipped": [{"name": "x", "detail": deep}]})

@@ -100,13 +100,14 @@ class _PackedStrings:
     has no per-item objects to touch."""
 
     def __init__(self, strings):
-        encoded = [s.encode() for s in strings]
+        encoded = [s.encode("utf-8", "surrogateescape") for s in strings]  # paths are bytes
         self.offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
         self.data = np.frombuffer(b"".join(encoded), np.uint8)
 
     def __getitem__(self, i: int) -> str:
-        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8",
+                                                                               "surrogateescape")
 
 
 def load_motion(path, unit_length: int, mean, std) -> np.ndarray:

@@ -1,11 +1,10 @@
 """The skipped list (split entries a build left out, {name, path, reason}) kept in the store's
 `skipped` byte array instead of the commit record: it is unbounded, and an HDF5 record slot holds
-512 KiB. The array holds UTF-8 JSON lines, one entry each; the record keeps only where the
-current list lies in it, how many entries it has and its crc32 (`Record.skipped`). A new list
-is appended past the end (the old one stays until no record names it), or, when it only extends
-the current list, just its new entries: like every append-only array, a crash before the record
-leaves the last commit intact. Records without `skipped` (stores made before) keep the list in
-meta["skipped"] and read as they are.
+512 KiB. The array holds JSON lines, one entry each; the record keeps only where the current list
+lies in it, how many entries it has and its crc32 (`Record.skipped`). A new list is written where
+no record's list lies (see plan_write), or, when it only extends the current list, just its new
+entries after it: a crash before the record leaves the last commit intact. Records without
+`skipped` (stores made before) keep the list in meta["skipped"] and read as they are.
 """
 from __future__ import annotations
 
@@ -21,35 +20,78 @@ ARRAY = "skipped"
 EMPTY = {"start": 0, "length": 0, "count": 0, "crc32": 0}
 
 
+MAX_DEPTH = 100  # containers within an entry: deeper ones could be written but not copied back
+
+
 def encode(entries) -> bytes:
-    """The list as UTF-8 JSON lines, or a StoreError if it is not a list of JSON-safe dicts.
-    JSON escapes "\n" inside strings, so each entry is one line; other characters that some
-    readers break lines at (U+2028, NEL, ...) stay as they are: lines end at "\n" only."""
+    """The list as JSON lines, or a StoreError if it is not a list of JSON-safe dicts. ASCII:
+    every other character is escaped, so a line ends only at its "\n" and a path that is not
+    UTF-8 (Python's surrogate escapes) comes back as it was."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise StoreError("meta 'skipped' must be a list of dicts")
-    line = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    if any(_depth(e) > MAX_DEPTH for e in entries):
+        raise StoreError(f"meta 'skipped': an entry is nested more than {MAX_DEPTH} deep")
+    line = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
     try:
-        return "".join(f"{line(e)}\n" for e in entries).encode()
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        return "".join(f"{line(e)}\n" for e in entries).encode("ascii")
+    except (TypeError, ValueError) as exc:
         raise StoreError(f"meta 'skipped' must be JSON-safe: {exc}") from None
 
 
 def decode(data: bytes, region: dict, where: str) -> list[dict]:
-    """The list a record's region names; StoreCorruptError naming `where` if it is damaged."""
+    """The list a record's region names (lines this module wrote, or the UTF-8 lines of stores
+    made before); StoreCorruptError naming `where` if it is damaged."""
+    def damaged(why: str):
+        return StoreCorruptError(f"{where}: damaged skipped list: {why}")
+
     if len(data) != region["length"] or zlib.crc32(data) != region["crc32"]:
-        raise StoreCorruptError(f"{where}: damaged skipped list: its bytes do not match the "
-                                f"commit record's checksum")
+        raise damaged("its bytes do not match the commit record's checksum")
     lines = data.split(b"\n")
     if lines[-1]:  # the list's last line ends with "\n" too
-        raise StoreCorruptError(f"{where}: damaged skipped list: its last line is unfinished")
+        raise damaged("its last line is unfinished")
     try:  # one JSON array: each line one value (a line of two would make the count differ)
-        entries = json.loads("[" + b",".join(lines[:-1]).decode("utf-8") + "]")
+        entries = _parse("[" + b",".join(lines[:-1]).decode("utf-8") + "]")
+    except RecursionError:
+        raise damaged("nested too deeply") from None
     except ValueError:  # UnicodeDecodeError too
-        raise StoreCorruptError(f"{where}: damaged skipped list: {_first_bad(lines)}") from None
-    if len(entries) != region["count"] or not all(isinstance(e, dict) for e in entries):
-        raise StoreCorruptError(f"{where}: damaged skipped list: {len(entries)} entries, the "
-                                f"commit record says {region['count']}")
+        raise damaged(_first_bad(lines)) from None
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise damaged(f"line {number} is not an object")
+        if _depth(entry) > MAX_DEPTH:
+            raise damaged(f"line {number} is nested more than {MAX_DEPTH} deep")
+    if len(entries) != region["count"]:
+        raise damaged(f"{len(entries)} entries, the commit record says {region['count']}")
     return entries
+
+
+def check_entries(entries, where: str) -> list[dict]:
+    """An older store's list (kept in meta), if it is a list of entries."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise StoreCorruptError(f"{where}: damaged skipped list: meta 'skipped' is "
+                                f"{type(entries).__name__}, not a list of entries")
+    return entries
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(text: str):
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _depth(value) -> int:
+    """How many containers deep `value` is (0 for a scalar), counted level by level without
+    recursion, up to MAX_DEPTH + 1."""
+    depth, level = 0, [value]
+    while depth <= MAX_DEPTH:
+        level = [v for v in level if isinstance(v, (dict, list))]
+        if not level:
+            break
+        depth += 1
+        level = [item for v in level for item in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def _first_bad(lines: list[bytes]) -> str:
@@ -57,7 +99,7 @@ def _first_bad(lines: list[bytes]) -> str:
     way, only for a damaged list)."""
     for number, line in enumerate(lines[:-1], 1):
         try:
-            json.loads(line.decode("utf-8"))
+            _parse(line.decode("utf-8"))
         except ValueError as exc:
             return f"line {number}: {exc}"
     return "its lines do not join into one list"  # e.g. a line that ends in a comma
@@ -85,18 +127,25 @@ def parse_region(raw) -> dict | None:
 
 
 def end(region: dict) -> int:
-    """The committed length of the array: the current list is always its last bytes."""
+    """Where the current list ends: past it the array holds nothing a record names (a store
+    opened for writing cuts it there)."""
     return region["start"] + region["length"]
 
 
 def plan_write(committed: bytes, region: dict, new: bytes, count: int) -> tuple[int, bytes, dict]:
-    """(where to write, what, the new region) for replacing the committed list with `new`."""
+    """(where to write, what, the new region) for replacing the committed list with `new`,
+    never over the committed bytes (a crash before the record leaves them as they were): just
+    the new entries after it where `new` extends it; otherwise the whole list at the array's
+    start where it fits before the committed one (older lists lie there, named by no record),
+    else right after it. So the array stays within about three lists, however often the list
+    is rewritten (a build's load failures are sorted in among the earlier entries)."""
     if new.startswith(committed):  # only new entries: append them to the current list
         tail = new[len(committed):]
         return end(region), tail, {"start": region["start"], "length": len(new), "count": count,
                                    "crc32": zlib.crc32(tail, region["crc32"])}
-    return end(region), new, {"start": end(region), "length": len(new), "count": count,
-                              "crc32": zlib.crc32(new)}
+    start = 0 if len(new) <= region["start"] else end(region)
+    return start, new, {"start": start, "length": len(new), "count": count,
+                        "crc32": zlib.crc32(new)}
 
 
 def as_array(data: bytes) -> np.ndarray:

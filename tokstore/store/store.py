@@ -297,11 +297,8 @@ class TokenStore:
     def meta(self) -> dict:
         source = self._writer.meta if self._writer else self._record.meta
         meta = copy.deepcopy({k: None if k == "skipped" else v for k, v in source.items()})
-        if "skipped" in source:  # unbounded: copied entry by entry (see skipped_list.copied)
-            listed = source["skipped"]
-            meta["skipped"] = (self.skipped if self._record.skipped is not None else
-                               skipped_list.copied(listed) if isinstance(listed, list) else
-                               copy.deepcopy(listed))
+        if "skipped" in source:
+            meta["skipped"] = self.skipped  # unbounded: copied entry by entry (skipped.copied)
         return meta
 
     @property
@@ -313,7 +310,8 @@ class TokenStore:
         region = self._record.skipped
         if region is None:
             meta = self._writer.meta if self._writer else self._record.meta
-            return skipped_list.copied(meta.get("skipped") or [])
+            listed = meta.get("skipped") or []
+            return skipped_list.copied(skipped_list.check_entries(listed, self.path))
         if self._skipped is None or self._skipped[0] != region:
             if self._closed:
                 raise StoreError(f"{self.path} is closed")
