@@ -1,7 +1,6 @@
 """What the build tests share: a tiny dataset and model, running the CLI, reading a store whole."""
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import functools
 import shutil
@@ -40,18 +39,23 @@ def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
     quarter of writing them: the motions are random, the checkpoint a model's)."""
     key = n, tuple(lengths), seed
     if key not in _TINY_MADE:
-        where = Path(tempfile.mkdtemp(prefix="tokstore-tiny-"))
-        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        where = Path(tempfile.mkdtemp(prefix="tiny-", dir=TINY_MADE_IN))
         dataset = make_dataset(where / "data", n, seed=seed, lengths=lengths)
         save_random_checkpoint(where / "checkpoint.pth", tiny_config(), seed)
         _TINY_MADE[key] = where, dataset
     where, dataset = _TINY_MADE[key]
-    shutil.copytree(where, tmp_path, symlinks=True, dirs_exist_ok=True)
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(where / "data", tmp_path / "data", symlinks=True, dirs_exist_ok=True)
+    shutil.copy2(where / "checkpoint.pth", tmp_path / "checkpoint.pth")
     return moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth"
 
 
-# (n, lengths, seed) -> (folder, dataset) of the tiny_setup trees made in this process
+# (n, lengths, seed) -> (folder, dataset) of the tiny_setup trees made in this process, in
+# TINY_MADE_IN (the session's, set by conftest.py; outside pytest, None: the system's
+# temporary folder, left there)
 _TINY_MADE: dict[tuple, tuple[Path, SyntheticDataset]] = {}
+TINY_MADE_IN: Path | None = None
 
 
 def moved(dataset: SyntheticDataset, root) -> SyntheticDataset:

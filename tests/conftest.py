@@ -100,10 +100,22 @@ gc.disable()
 def pytest_configure(config):
     if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
         gc.enable()  # xdist's controller collects nothing: its collector is never turned back on
-        # one preforked server of each kind for all test processes, importing while they collect
-        import preforked
+        if config.args_source == pytest.Config.ArgsSource.TESTPATHS:  # the whole suite
+            # one preforked server of each kind for all test processes, importing as they collect
+            import preforked
 
-        preforked.share_servers(preforked.subprocess_env())
+            preforked.share_servers(preforked.subprocess_env())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_setup_folder(tmp_path_factory):
+    """Where build_helpers.tiny_setup keeps what it made: under this session's base folder,
+    which pytest cleans up after later runs even if this one is killed."""
+    import build_helpers
+
+    build_helpers.TINY_MADE_IN = tmp_path_factory.mktemp("tiny-made")
+    yield
+    shutil.rmtree(build_helpers.TINY_MADE_IN, ignore_errors=True)
 
 
 def pytest_collection_finish(session):

@@ -157,18 +157,14 @@ def _run_child(request: dict, fds: list[int], address: str) -> None:
 
 
 def _run_preloaded_cli() -> None:
-    """What `python -m cli` runs (`sys.exit(app())` with cli as __main__), from the cli module
-    the server imported: cli.py holds no state but its typer app, so this is a fresh run of it,
+    """What `python -m cli` runs (`sys.exit(app())` in cli as __main__), from the cli module the
+    server imported: cli.py holds no state but its typer app, so this is a fresh run of it,
     without compiling and executing the module again or typer building its click command again
-    (see _prebuild_cli_command; ~25 ms of each CLI child)."""
-    import cli
-
-    main = sys.modules["__main__"]
+    (see _prebuild_cli_command; ~25 ms of each CLI child). The child ends with the run."""
+    cli = sys.modules.pop("cli")  # as __main__ only: `import cli` would make a second copy
+    cli.__name__ = "__main__"  # the name its code runs under (warnings filter on it, ...)
     sys.modules["__main__"] = cli
-    try:
-        sys.exit(cli.app())
-    finally:
-        sys.modules["__main__"] = main
+    sys.exit(cli.app())
 
 
 def _prebuild_cli_command() -> None:
@@ -377,7 +373,14 @@ class _SharedServer:
         return self._ready
 
     def alive(self) -> bool:
-        try:
+        """Not ended: its owner reaps it only at the end, so a dead one is a zombie till then."""
+        if os.path.isdir("/proc/self"):
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+            except FileNotFoundError:
+                return False
+            return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+        try:  # no /proc (macOS): a zombie passes for alive, and a dead server fails its callers
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False

@@ -37,8 +37,12 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
 
 
 def _children(pid: int) -> set[int]:
-    """The live children of `pid` (each thread's list in /proc: a worker may be started from any
-    thread), read from its own files instead of every process's."""
+    """The children of `pid` (each thread's list in /proc: a worker may be started from any
+    thread), read from its own files instead of every process's; where the kernel keeps no
+    such lists (CONFIG_PROC_CHILDREN), found by reading every process's parent."""
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        return {int(p) for p in os.listdir("/proc") if p.isdigit()
+                if (s := _stat(int(p))) is not None and s[0] == pid}
     found = set()
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
