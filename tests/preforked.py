@@ -441,7 +441,7 @@ def _server(env: dict, preload: str = "full") -> _Server | _SharedServer | None:
     server = _servers.get(key)
     if server is None or (server.ready and not server.alive()):
         server = _shared_server(key) if server is None else None  # once: not a dead one again
-        if server is None:
+        if server is None or not server.ready:  # none shared, or it failed: one of its own
             server = _Server(key[1], preload)
             atexit.register(server.stop)
         _servers[key] = server

@@ -5,9 +5,11 @@ child (and its own children) die when the relay is SIGKILLed, and a child whose 
 variables are not the server's refuses to run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -98,3 +100,29 @@ def test_a_child_refuses_import_time_variables_the_server_did_not_import_with():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert "import-time variables" in result.stderr
+
+
+def test_a_shared_server_that_died_is_seen_at_once_and_replaced(tmp_path, monkeypatch):
+    """Shared servers are the controller's children, reaped only at its end: a dead one is a
+    zombie, which must not pass for alive (a test process would wait for its "ready" file, or
+    send requests nobody takes) -- the test process starts a server of its own instead."""
+    dead = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while preforked._SharedServer(str(tmp_path), dead.pid).alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        server = preforked._SharedServer(str(tmp_path), dead.pid)  # never wrote "ready"
+        started = time.monotonic()
+        assert not server.alive() and not server.ready and time.monotonic() - started < 1
+        env = subprocess_env()
+        key = ("store", preforked._settings(env))
+        monkeypatch.setenv(preforked.SHARED_SERVERS,
+                           json.dumps([[key[0], list(key[1]), str(tmp_path), dead.pid]]))
+        monkeypatch.setattr(preforked, "_servers", {})
+        assert isinstance(preforked._shared_server(key), preforked._SharedServer)
+        result = preforked.run([sys.executable, "-c", "print('ran')"], env=env,
+                               capture_output=True, text=True, timeout=60, preload="store")
+        assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+        assert not isinstance(preforked._servers[key], preforked._SharedServer)  # its own
+    finally:
+        dead.wait()
