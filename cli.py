@@ -30,14 +30,22 @@ def user_errors():
 
         atexit.register(_ignore_stop_signals)  # runs before torch's slow exit hooks (LIFO)
         if not exc.rank:
-            typer.echo(str(exc), err=True)
+            _say(str(exc), err=True)
         raise typer.Exit(128 + exc.signum) from None
     except (TokstoreError, VQVAEError) as exc:
-        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        _say(f"error: {_one_line(str(exc))}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"error: {os_error_line(exc)}", err=True)
+        _say(f"error: {os_error_line(exc)}", err=True)
         raise typer.Exit(1) from None
+
+
+def _say(text: str, err: bool = False) -> None:
+    """typer.echo of text that may hold names, captions and paths from untrusted files, with
+    what a terminal would act on (escape sequences, ...) written as escapes."""
+    from tokstore.render import terminal_safe
+
+    typer.echo(terminal_safe(text), err=err)
 
 
 # library advice that names an API argument, as the command line spells it
@@ -132,16 +140,16 @@ def _echo_summary(s) -> None:
     if s.rank:
         return  # under torchrun rank 0 speaks for all
     if s.already_complete:
-        typer.echo(f"{s.store} is already complete ({s.samples} samples, {s.codes} codes): "
+        _say(f"{s.store} is already complete ({s.samples} samples, {s.codes} codes): "
                    "nothing to do")
     else:
         rate = s.frames / s.seconds if s.seconds else 0.0
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
-        typer.echo(f"built {s.store}: {s.samples} samples, {s.codes} codes; this run encoded "
+        _say(f"built {s.store}: {s.samples} samples, {s.codes} codes; this run encoded "
                    f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
                    f"({rate:,.0f} frames/s)")
     if s.skipped:  # one write: a build may skip thousands
-        typer.echo("\n".join([f"skipped {len(s.skipped)}:", *(
+        _say("\n".join([f"skipped {len(s.skipped)}:", *(
             f"  {skip['name']}: {skip['path']}: {skip['reason']}" for skip in s.skipped)]))
 
 
@@ -158,12 +166,12 @@ def demo(directory: Path | None = typer.Option(
     with user_errors():
         directory = directory or Path(tempfile.mkdtemp(prefix="tokstore-demo-"))
         made = make_demo(directory)
-        typer.echo(f"demo dataset and random-weight checkpoint in {directory}; running:\n"
+        _say(f"demo dataset and random-weight checkpoint in {directory}; running:\n"
                    f"  {made.command()}")
         summary = run_build(BuildOptions(made.layout, made.checkpoint, made.config, str(made.store)))
         _echo_summary(summary)
         with TokenStore.open(made.store) as store:
-            typer.echo(describe(store))
+            _say(describe(store))
 
 
 # ---- inspect: info / show / ls / stats / verify / decode (tokstore/inspect.py, render.py) -------
@@ -188,7 +196,7 @@ def info(store: str, json: JsonFlag = False):
 
     with user_errors(), TokenStore.open(store) as opened:
         found = inspect.store_info(opened)
-        _print_json(found) if json else typer.echo(render.render_info(found))
+        _print_json(found) if json else _say(render.render_info(found))
 
 
 @app.command()
@@ -198,7 +206,7 @@ def show(store: str, name: str, json: JsonFlag = False):
 
     with user_errors(), TokenStore.open(store) as opened:
         sample = inspect.show_sample(opened, name)
-        _print_json(sample) if json else typer.echo(render.render_show(sample))
+        _print_json(sample) if json else _say(render.render_show(sample))
 
 
 @app.command("ls")
@@ -215,7 +223,7 @@ def list_store(
 
     with user_errors(), TokenStore.open(store) as opened:
         rows = inspect.list_samples(opened, min_len, max_len, grep, name_glob)
-        _print_json(rows) if json else typer.echo(render.render_ls(rows))
+        _print_json(rows) if json else _say(render.render_ls(rows))
 
 
 @app.command()
@@ -232,9 +240,9 @@ def stats(
         found = inspect.code_stats(opened, top)
         if plot is not None:
             inspect.plot_stats(opened, plot)
-        _print_json(found) if json else typer.echo(render.render_stats(found))
+        _print_json(found) if json else _say(render.render_stats(found))
         if plot is not None and not json:
-            typer.echo(f"plot:         {plot}")
+            _say(f"plot:         {plot}")
 
 
 @app.command()
@@ -254,12 +262,12 @@ def verify(
     from tokstore import TokenStore, inspect, render
 
     if reencode is not None and checkpoint is None:
-        typer.echo("error: --reencode needs --checkpoint", err=True)
+        _say("error: --reencode needs --checkpoint", err=True)
         raise typer.Exit(1)
     with user_errors(), TokenStore.open(store) as opened:
         report = inspect.verify_store(opened, checkpoint, reencode or 8, precision,
                                       seed, device, mean, std, min_agreement)
-    typer.echo(render.render_verify(report))
+    _say(render.render_verify(report))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -282,7 +290,7 @@ def decode(
     with user_errors(), TokenStore.open(store) as opened:
         motion = inspect.decode_sample(opened, name, checkpoint, device, mean, std)
         legacy.replace_atomically(out, lambda f: np.save(f, motion))  # OUT itself, no '.npy' added
-    typer.echo(f"wrote {out}: {motion.shape[0]} frames x {motion.shape[1]} features, float32")
+    _say(f"wrote {out}: {motion.shape[0]} frames x {motion.shape[1]} features, float32")
 
 
 # ---- legacy files: export what the original wrote, import its outputs (tokstore/legacy.py) ----
@@ -308,7 +316,7 @@ def export_npy(store: str, out_dir: str):
     with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
             f"{out_dir} holds a partial export; re-run the same command to complete it"):
         count = legacy.export_npy(opened, out_dir)
-    typer.echo(f"wrote {count} code files under {out_dir}")
+    _say(f"wrote {count} code files under {out_dir}")
 
 
 @app.command("export-prob")
@@ -319,7 +327,7 @@ def export_prob(store: str, out_file: str):
     with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
             f"{out_file} not written; re-run the same command"):
         legacy.export_prob(opened, out_file)
-    typer.echo(f"wrote {out_file}")
+    _say(f"wrote {out_file}")
 
 
 @app.command("export-pickle")
@@ -331,7 +339,7 @@ def export_pickle(store: str, out_file: str,
     with user_errors(), TokenStore.open(store) as opened, _stop_signals_say(
             f"{out_file} not written; re-run the same command"):
         legacy.export_pickle(opened, out_file, split)
-    typer.echo(f"wrote {out_file}")
+    _say(f"wrote {out_file}")
 
 
 @app.command("import")
@@ -356,7 +364,7 @@ def import_legacy(
             legacy.import_code_dir(store, codes_dir, texts_dir, split, prob, codebook_size, backend)
         else:
             raise legacy.LegacyFormatError("give --pickle FILE, or --codes-dir, --texts-dir and --split")
-    typer.echo(f"wrote {store}")
+    _say(f"wrote {store}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import preforked
 import pytest
 from build_helpers import CLI, REPO, build_args, contents, run_cli, subprocess_env, tiny_setup
 
+from tokstore import TokenStore
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -133,3 +135,27 @@ def test_stop_signal_during_an_export_says_so_in_one_line(world, tmp_path, monke
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tokstore-")]
     if verb == "export-pickle":
         assert not out.exists()
+
+
+# clear the screen, set the title, C1 CSI, right-to-left override, line separator, DEL (a name
+# holds no line break)
+HOSTILE = "x\x1b[2J\x1b]0;owned\x07\x9b31m\u202egnp.exe\u2028\x7fy"
+
+
+def test_names_captions_and_paths_from_untrusted_files_cannot_drive_the_terminal(tmp_path):
+    """A split or caption file may hold terminal escape sequences, carriage returns, C1 controls
+    and bidirectional overrides: every human-readable output prints them as escapes (the --json
+    forms are JSON, which a program reads)."""
+    store = tmp_path / f"s{HOSTILE}.zarr".replace("/", "")
+    with TokenStore.create(store, 16) as s:
+        s.append([f"a{HOSTILE}"], [np.arange(3)], [[f"one {HOSTILE}\n"]])
+        s.update_meta({"skipped": [{"name": f"g{HOSTILE}", "path": "p", "reason": f"r{HOSTILE}"}]})
+    outputs = [run_cli(*args).output for args in (
+        ["info", store], ["ls", store], ["show", store, f"a{HOSTILE}"], ["stats", store],
+        ["verify", store], ["show", store, f"missing{HOSTILE}"], ["info", f"{store}{HOSTILE}"])]
+    for output in outputs:
+        assert not set(output) & set("\x1b\x07\r\x9b\u202e\u2028\x7f"), repr(output)
+    assert "x\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202egnp.exe\\u2028\\x7fy" in outputs[1]
+    assert all(f"{name}x\\x1b[2J" in outputs[0] for name in ("g", "r"))  # the skipped entry
+    assert "one x\\x1b[2J" in outputs[2]
+    assert "missing" in outputs[5] and "\\x1b" in outputs[6]

@@ -5,7 +5,21 @@ the verbs print that data as it is, so nothing here decides anything about the s
 """
 from __future__ import annotations
 
+import re
+
 from .inspect import VerifyReport
+
+# what a terminal acts on instead of showing: C0 controls but tab and newline (escape sequences,
+# carriage return, bell), DEL, C1 controls (0x9b is CSI), the line and paragraph separators and
+# the bidirectional marks and overrides (U+202E shows "exe.png" as "gnp.exe")
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with what a terminal would act on written as escapes (\\x1b, \\u202e): names,
+    captions and paths come from untrusted files, and the CLI prints them."""
+    return _UNSHOWN.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04x}", text)
 
 
 def render_info(info: dict) -> str:
