@@ -21,9 +21,11 @@ Ragged data is stored Megatron-style as a flat array plus int64 offsets (n + 1 e
     counts        int64 (2 * (codebook_size + 2))  two slots of codebook_size + 2 entries (one
                                       chunk each): codes 0..K-1, then the end token (once per
                                       sample), then the pad token (always 0)
-    skipped       uint8               the build's skipped list as UTF-8 JSON lines; the record's
-                                      `skipped` names where the current list lies, its count and
-                                      crc32 (skipped.py). Records before it keep it in meta.
+    skipped       uint8               the build's skipped list as JSON lines (ASCII; UTF-8 where
+                                      written before 2026-12-08); the record's `skipped` names
+                                      where the current list lies, its count and crc32 (older
+                                      lists before or after it are dead room, see skipped.py).
+                                      Records before it keep the list in meta.
 
 The commit record is one JSON object: it names the committed length and the running crc32 of
 every append-only array, the sample count, the static facts (format version, codebook size,
