@@ -2,65 +2,31 @@
 the torch-saved probability file) never import torch: a user inspecting a store waits for the
 store, not for the network's framework (~3 s).
 
-One fresh interpreter per test module imports the CLI (and checks that alone left torch out),
-then forks a child per command: each child starts from exactly what a fresh `import cli` holds,
-so a command that imported torch is caught in its own child and cannot hide or blame another."""
-import json
-import subprocess
+Each command runs in a child of the torch-free preforked server (preforked.PRELOADS["store"]),
+which imported cli and the store modules and checked that they left torch out; the child starts
+without torch, runs the command and says if it was imported, so a command that imports torch is
+caught in its own child and cannot hide or blame another. (Where no server starts, the child is a
+fresh interpreter, which imports cli itself.)"""
 import sys
 
+import preforked
 import pytest
 
 from build_helpers import REPO, build_args, run_cli, subprocess_env, tiny_setup
 
-SERVER = """
-import json, os, signal, sys, traceback
-from typer.testing import CliRunner
+COMMAND = """
+import sys
+assert "torch" not in sys.modules, "torch was imported before the command (by the server's imports)"
 import cli
 assert "torch" not in sys.modules, "importing cli imported torch"
-
-def run(args):
-    result = CliRunner().invoke(cli.app, args)
-    print(result.output)
-    if result.exit_code != 0:
-        print(f"exit code {result.exit_code}")
-        return 1
-    if "torch" in sys.modules:
-        print("torch was imported")
-        return 2
-    return 0
-
-for line in sys.stdin:
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            signal.alarm(120)
-            with open(request["output"], "w") as out:
-                os.dup2(out.fileno(), 1)
-                os.dup2(out.fileno(), 2)
-                try:
-                    code = run(request["args"])
-                except BaseException:
-                    traceback.print_exc()
-                sys.stdout.flush()
-                sys.stderr.flush()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(os.waitstatus_to_exitcode(status), flush=True)
+try:
+    code = cli.app(sys.argv[1:], prog_name="tokstore")
+except SystemExit as exc:
+    code = exc.code
+if "torch" in sys.modules:
+    sys.exit("torch was imported")
+sys.exit(code)
 """
-
-
-@pytest.fixture(scope="module")
-def light_cli():
-    """The command-forking interpreter: write a request line, read the child's exit code."""
-    server = subprocess.Popen([sys.executable, "-c", SERVER], cwd=REPO, env=subprocess_env(),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    yield server
-    server.stdin.close()
-    server.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +40,11 @@ def store(tmp_path_factory):
 
 @pytest.mark.parametrize("verb", ["info", "ls", "show", "stats", "verify", "export-pickle",
                                   "export-npy"])
-def test_read_commands_leave_torch_unimported(store, light_cli, tmp_path, verb):
+def test_read_commands_leave_torch_unimported(store, tmp_path, verb):
     path, name = store
     more = {"show": [name], "export-pickle": [str(tmp_path / "all_data.pkl")],
             "export-npy": [str(tmp_path / "codes")]}
-    args = [verb, str(path)] + more.get(verb, [])
-    output = tmp_path / "output"
-    light_cli.stdin.write(json.dumps({"args": args, "output": str(output)}) + "\n")
-    light_cli.stdin.flush()
-    reply = light_cli.stdout.readline()
-    assert reply, f"the command-forking interpreter exited ({light_cli.wait(timeout=60)})"
-    assert int(reply) == 0, output.read_text() if output.exists() else reply
+    result = preforked.run([sys.executable, "-c", COMMAND, verb, str(path), *more.get(verb, [])],
+                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=120, preload="store")
+    assert result.returncode == 0, result.stdout + result.stderr
