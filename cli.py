@@ -141,13 +141,13 @@ def _echo_summary(s) -> None:
         return  # under torchrun rank 0 speaks for all
     if s.already_complete:
         _say(f"{s.store} is already complete ({s.samples} samples, {s.codes} codes): "
-                   "nothing to do")
+             "nothing to do")
     else:
         rate = s.frames / s.seconds if s.seconds else 0.0
         resumed = f" (resumed after {s.resumed_from})" if s.resumed_from else ""
         _say(f"built {s.store}: {s.samples} samples, {s.codes} codes; this run encoded "
-                   f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
-                   f"({rate:,.0f} frames/s)")
+             f"{s.motions} motions{resumed}, {s.frames} frames in {s.seconds:.1f} s "
+             f"({rate:,.0f} frames/s)")
     if s.skipped:  # one write: a build may skip thousands
         _say("\n".join([f"skipped {len(s.skipped)}:", *(
             f"  {skip['name']}: {skip['path']}: {skip['reason']}" for skip in s.skipped)]))
@@ -167,7 +167,7 @@ def demo(directory: Path | None = typer.Option(
         directory = directory or Path(tempfile.mkdtemp(prefix="tokstore-demo-"))
         made = make_demo(directory)
         _say(f"demo dataset and random-weight checkpoint in {directory}; running:\n"
-                   f"  {made.command()}")
+             f"  {made.command()}")
         summary = run_build(BuildOptions(made.layout, made.checkpoint, made.config, str(made.store)))
         _echo_summary(summary)
         with TokenStore.open(made.store) as store:
