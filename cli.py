@@ -186,7 +186,9 @@ StdOption = Annotated[Optional[Path], typer.Option("--std", help="std.npy; give 
 def _print_json(data) -> None:
     import json
 
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    from tokstore.render import json_terminal_safe
+
+    typer.echo(json_terminal_safe(json.dumps(data, indent=2, ensure_ascii=False)))
 
 
 @app.command()

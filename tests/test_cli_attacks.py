@@ -3,6 +3,7 @@ declaring a huge shape, an export aimed at the store's own files, a pickle's bad
 end in ONE line naming the file, a non-zero exit, no traceback, and the store left intact."""
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 
@@ -159,3 +160,11 @@ def test_names_captions_and_paths_from_untrusted_files_cannot_drive_the_terminal
     assert all(f"{name}x\\x1b[2J" in outputs[0] for name in ("g", "r"))  # the skipped entry
     assert "one x\\x1b[2J" in outputs[2]
     assert "missing" in outputs[5] and "\\x1b" in outputs[6]
+    for verb, extra, key in (("ls", [], None), ("show", [f"a{HOSTILE}"], "name"),
+                             ("info", [], "skipped")):
+        shown = run_cli(verb, store, *extra, "--json").output
+        assert not set(shown) & set("\x1b\x07\r\x9b\u202e\u2028\x7f"), repr(shown)
+        found = json.loads(shown)  # JSON escapes: the same values
+        names = ([row["name"] for row in found] if key is None else
+                 [found["name"]] if key == "name" else [e["name"] for e in found["skipped"]])
+        assert names == [f"{'g' if key == 'skipped' else 'a'}{HOSTILE}"], names

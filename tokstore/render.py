@@ -22,6 +22,12 @@ def terminal_safe(text: str) -> str:
                         else f"\\u{ord(m[0]):04x}", text)
 
 
+def json_terminal_safe(text: str) -> str:
+    """JSON text with the same characters written as JSON escapes (\\u202e): the same values
+    for a program, nothing a terminal acts on (json.dumps escapes only C0 controls)."""
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
 def render_info(info: dict) -> str:
     """What `tokstore info` prints for inspect.store_info's dict."""
     from vqvae import VQVAEConfig  # here, not at the top: vqvae imports torch (seconds)
