@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,12 @@ def pytest_configure(config):
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_setup_folder(tmp_path_factory):
     """Where build_helpers.tiny_setup keeps what it made: under this session's base folder,
-    which pytest cleans up after later runs even if this one is killed."""
-    import build_helpers
-
+    which pytest cleans up after later runs even if this one is killed. (Collection imported
+    build_helpers where a test uses it: a run without such tests does not import it for this.)"""
+    build_helpers = sys.modules.get("build_helpers")
+    if build_helpers is None:
+        yield
+        return
     build_helpers.TINY_MADE_IN = tmp_path_factory.mktemp("tiny-made")
     yield
     shutil.rmtree(build_helpers.TINY_MADE_IN, ignore_errors=True)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.build_helpers import build_args, run_cli, tiny_setup
+from build_helpers import build_args, run_cli, tiny_setup
 from tokstore import TokenStore
 from tokstore.store.errors import StoreCorruptError, StoreError
 
