@@ -98,7 +98,7 @@ def wait_for_workers(process, store, workers: int):
     while time.monotonic() < deadline and process.poll() is None:
         if committed(store) > 0 and len(children := descendants(process.pid)) >= workers:
             return children
-        time.sleep(0.05)  # each look opens the store (~3 ms): CPU the build needs
+        time.sleep(0.03)  # each look opens the store (~3 ms): CPU the build needs
     process.kill()
     raise AssertionError(f"the build ended or stalled before it was mid-way: "
                          f"{process.communicate()}")
