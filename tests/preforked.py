@@ -362,14 +362,14 @@ class _SharedServer:
     @property
     def ready(self) -> bool:
         """Whether it got to its loop; waits for it (its "ready" file) the first time."""
-        deadline = time.monotonic() + 300
-        while self._ready is None:
-            if os.path.exists(os.path.join(self.folder, "ready")):
-                self._ready = True
-            elif not self.alive() or time.monotonic() > deadline:
-                self._ready = False
-            else:
+        if self._ready is None:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(os.path.join(self.folder, "ready")):
+                if not self.alive() or time.monotonic() > deadline:
+                    self._ready = False
+                    return False
                 time.sleep(0.01)
+            self._ready = True
         return self._ready
 
     def alive(self) -> bool:

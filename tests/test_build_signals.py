@@ -36,11 +36,15 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
     return int(fields[1]), fields[0], fields[19]
 
 
+# whether the kernel keeps each thread's list of children in /proc (CONFIG_PROC_CHILDREN)
+CHILDREN_LISTS = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
 def _children(pid: int) -> set[int]:
     """The children of `pid` (each thread's list in /proc: a worker may be started from any
-    thread), read from its own files instead of every process's; where the kernel keeps no
-    such lists (CONFIG_PROC_CHILDREN), found by reading every process's parent."""
-    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+    thread), read from its own files instead of every process's; without such lists, found by
+    reading every process's parent."""
+    if not CHILDREN_LISTS:
         return {int(p) for p in os.listdir("/proc") if p.isdigit()
                 if (s := _stat(int(p))) is not None and s[0] == pid}
     found = set()

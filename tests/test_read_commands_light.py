@@ -3,9 +3,9 @@ the torch-saved probability file) never import torch: a user inspecting a store 
 store, not for the network's framework (~3 s).
 
 Each command runs in a child of the torch-free preforked server (preforked.PRELOADS["store"]),
-which imported cli and the store modules and checked that they left torch out; the child starts
-without torch, runs the command and says if it was imported, so a command that imports torch is
-caught in its own child and cannot hide or blame another. (Where no server starts, the child is a
+which has imported cli and the store modules; the child checks that they left torch out, runs
+the command and says if it was imported, so a command that imports torch is caught in its own
+child and cannot hide or blame another. (Where no server starts, the child is a
 fresh interpreter, which imports cli itself.)"""
 import sys
 

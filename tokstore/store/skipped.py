@@ -27,7 +27,7 @@ def encode(entries) -> bytes:
     """The list as JSON lines, or a StoreError if it is not a list of JSON-safe dicts. ASCII:
     every other character is escaped, so a line ends only at its "\n" and a path that is not
     UTF-8 (Python's surrogate escapes) comes back as it was."""
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+    if not _is_entry_list(entries):
         raise StoreError("meta 'skipped' must be a list of dicts")
     if any(_depth(e) > MAX_DEPTH for e in entries):
         raise StoreError(f"meta 'skipped': an entry is nested more than {MAX_DEPTH} deep")
@@ -67,10 +67,14 @@ def decode(data: bytes, region: dict, where: str) -> list[dict]:
 
 def check_entries(entries, where: str) -> list[dict]:
     """An older store's list (kept in meta), if it is a list of entries."""
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+    if not _is_entry_list(entries):
         raise StoreCorruptError(f"{where}: damaged skipped list: meta 'skipped' is "
                                 f"{type(entries).__name__}, not a list of entries")
     return entries
+
+
+def _is_entry_list(entries) -> bool:
+    return isinstance(entries, list) and all(isinstance(e, dict) for e in entries)
 
 
 def _refuse_constant(name: str):
