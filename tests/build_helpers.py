@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from unittest import mock
 
 import numpy as np
 import preforked
+import tree_copies
 from preforked import subprocess_env  # noqa: F401 - the tests' import place
 import typer.main
 import typer.testing
@@ -46,8 +46,8 @@ def tiny_setup(tmp_path, n: int = 24, lengths=(8, 40), seed: int = 0):
     where, dataset = _TINY_MADE[key]
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(where / "data", tmp_path / "data", symlinks=True, dirs_exist_ok=True)
-    shutil.copy2(where / "checkpoint.pth", tmp_path / "checkpoint.pth")
+    tree_copies.copy_tree(where / "data", tmp_path / "data")
+    tree_copies.copy_file(where / "checkpoint.pth", tmp_path / "checkpoint.pth")
     return moved(dataset, tmp_path / "data"), tmp_path / "checkpoint.pth"
 
 

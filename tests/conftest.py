@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tree_copies
 
 # Temporary directories in RAM where there is a tmpfs: the crash and fault tests write thousands
 # of small files, each fsynced (the calls and their order are what they check; a test's process
@@ -74,7 +75,7 @@ def copy_of_made(tmp_path, tmp_path_factory, _made_once):
             where = tmp_path_factory.mktemp(f"made-{key}")
             _made_once[key] = where, make(where)
         where, made = _made_once[key]
-        shutil.copytree(where, tmp_path, symlinks=True, dirs_exist_ok=True)
+        tree_copies.copy_tree(where, tmp_path)
         return made
 
     return copy

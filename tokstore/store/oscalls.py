@@ -128,10 +128,11 @@ def temp_name(target: Path) -> Path:
 
 
 def replace_file(target: Path, data: bytes, durable: bool = True,
-                 temporary: Path | None = None) -> None:
+                 temporary: Path | None = None, size: int = 0) -> None:
     """Atomically replace target's content: readers see the old or the new file. durable: the
     file and its directory synced too (else a later commit syncs them); temporary: the name
-    written first (default temp_name(target))."""
+    written first (default temp_name(target)); size: the file's length where longer than
+    `data`, zeros after it (a hole where the file system makes one: nothing written)."""
     target = Path(target)
     temporary = temporary or temp_name(target)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, 0o644)
@@ -140,6 +141,8 @@ def replace_file(target: Path, data: bytes, durable: bool = True,
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if size > len(data):
+                os.ftruncate(fd, size)
             if durable:
                 os.fsync(fd)
         finally:

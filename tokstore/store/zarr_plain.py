@@ -10,7 +10,9 @@ creating a store's group and arrays took ~45 ms. A local store in this layout is
   (no compressors, no filters, fill value 0) write them;
 - each chunk a full-size file (zeros past the data, as write_empty_chunks does), rewritten whole
   through a temporary `*.partial` file beside it and a rename, so that a process that has the old
-  file mapped keeps reading the old bytes and a crash leaves the old file or the new one;
+  file mapped keeps reading the old bytes and a crash leaves the old file or the new one. The
+  zeros past the array's values are not written: the file is extended over them (a hole where
+  the file system makes one), so a commit costs the bytes its arrays hold, not ~512 KiB each;
 - a resize rewrites the array's zarr.json with the new shape (the same way); a shrink first
   removes the chunk files past the new end.
 Files are not synced here: each is noted (before it changes) for the container's commit to sync.
@@ -19,6 +21,7 @@ Anything else (URLs, other layouts) is written through zarr-python.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -82,10 +85,11 @@ def plain_layout(meta) -> tuple[np.dtype, int, int, str] | None:
     return dtype.newbyteorder("<"), size, chunk_len, separator
 
 
-def replace_unsynced(path: Path, data: bytes) -> None:
-    """`data` into `path` through a temporary `*.partial` file beside it (the name zarr-python
-    gives its own, which opening a store for writing removes) and a rename, no fsync."""
-    oscalls.replace_file(path, data, durable=False,
+def replace_unsynced(path: Path, data: bytes, size: int = 0) -> None:
+    """`data` (zeros after it to `size`) into `path` through a temporary `*.partial` file beside
+    it (the name zarr-python gives its own, which opening a store for writing removes) and a
+    rename, no fsync."""
+    oscalls.replace_file(path, data, durable=False, size=size,
                          temporary=path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial"))
 
 
@@ -128,10 +132,10 @@ class PlainArray:
         for k in self.chunks_of(start, stop) if stop > start else ():
             base = k * self.chunk_len
             lo, hi = max(start, base), min(stop, base + self.chunk_len)
-            chunk = self._chunk(k, whole=lo == base and hi == base + self.chunk_len,
-                                kept=min(lo, had) > base)
+            chunk, used = self._chunk(k, keep=had - base if lo > base or hi < had else 0,
+                                      required=min(lo, had) > base)
             chunk[lo - base:hi - base] = values[lo - start:hi - start]
-            self._put_chunk(k, chunk)
+            self._put_chunk(k, chunk[:max(used, hi - base)])
 
     def truncate(self, length: int) -> None:
         """Cut the array back to `length`, zeroing the rest of its last chunk as a fresh write
@@ -140,38 +144,46 @@ class PlainArray:
             return
         base = length // self.chunk_len * self.chunk_len
         if length > base:  # the new last chunk keeps [base, length)
-            chunk = self._chunk(length // self.chunk_len, whole=False, kept=True)
-            chunk[length - base:] = 0
-            self._put_chunk(length // self.chunk_len, chunk)
+            chunk, _ = self._chunk(length // self.chunk_len, keep=length - base, required=True)
+            self._put_chunk(length // self.chunk_len, chunk[:length - base])
         self._set_shape(length)
 
-    def _chunk(self, k: int, whole: bool, kept: bool) -> np.ndarray:
-        """Chunk k's values to change: zeros where it is written whole or has no file yet.
-        kept: values written before stay at its start, so its file must be there (a missing
-        one is damage, not zeros to commit in their place)."""
-        if not whole:
-            try:
-                data = self.chunk_path(k).read_bytes()
-            except FileNotFoundError:
-                if kept:
-                    raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
-                                            f"(it holds values written before)") from None
-                data = None
-            if data is not None:
-                if len(data) != self.chunk_len * self.dtype.itemsize:  # committed values in it
-                    raise StoreCorruptError(f"chunk file {self.chunk_path(k)} holds {len(data)} "
-                                            f"bytes, not {self.chunk_len * self.dtype.itemsize}")
-                return np.frombuffer(data, self.dtype).copy()
-        return np.zeros(self.chunk_len, self.dtype)
+    def _chunk(self, k: int, keep: int, required: bool) -> tuple[np.ndarray, int]:
+        """(chunk k's values to change, how many of them were read): its first `keep` values
+        (at most a chunk) read from its file, zeros after them (the array's values past its
+        shape are zeros: writes and truncations leave them so). required: values written
+        before lie before the ones to write, so the file must be there (a missing one is
+        damage, not zeros to commit in their place); else a missing file reads as zeros."""
+        chunk = np.zeros(self.chunk_len, self.dtype)
+        keep = min(max(keep, 0), self.chunk_len)
+        if not keep:
+            return chunk, 0
+        full = self.chunk_len * self.dtype.itemsize
+        try:
+            with open(self.chunk_path(k), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(keep * self.dtype.itemsize) if size == full else b""
+        except FileNotFoundError:
+            if required:
+                raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
+                                        f"(it holds values written before)") from None
+            return chunk, 0
+        if size != full:  # committed values in it
+            raise StoreCorruptError(f"chunk file {self.chunk_path(k)} holds {size} bytes, not "
+                                    f"{full}")
+        chunk[:keep] = np.frombuffer(data, self.dtype)
+        return chunk, keep
 
     def _touch(self, path: Path) -> Path:
         self.touched.update((path, path.parent))
         return path
 
-    def _put_chunk(self, k: int, chunk: np.ndarray) -> None:
+    def _put_chunk(self, k: int, values: np.ndarray) -> None:
+        """Chunk k's file: `values`, then zeros to the chunk's size (written as a hole: a small
+        array's chunks cost the bytes it holds, not the ~512 KiB of their size)."""
         path = self._touch(self.chunk_path(k))
         path.parent.mkdir(exist_ok=True)
-        replace_unsynced(path, chunk.tobytes())
+        replace_unsynced(path, values.tobytes(), self.chunk_len * self.dtype.itemsize)
 
     def _set_shape(self, length: int) -> None:
         """The new shape into zarr.json; chunk files past a shorter one removed first (as
