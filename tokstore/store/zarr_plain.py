@@ -132,10 +132,10 @@ class PlainArray:
         for k in self.chunks_of(start, stop) if stop > start else ():
             base = k * self.chunk_len
             lo, hi = max(start, base), min(stop, base + self.chunk_len)
-            chunk, used = self._chunk(k, keep=had - base if lo > base or hi < had else 0,
-                                      required=min(lo, had) > base)
+            keep = had - base if lo > base or hi < had else 0  # values around the new ones
+            chunk = self._chunk(k, keep, hi - base, required=min(lo, had) > base)
             chunk[lo - base:hi - base] = values[lo - start:hi - start]
-            self._put_chunk(k, chunk[:max(used, hi - base)])
+            self._put_chunk(k, chunk)
 
     def truncate(self, length: int) -> None:
         """Cut the array back to `length`, zeroing the rest of its last chunk as a fresh write
@@ -144,20 +144,21 @@ class PlainArray:
             return
         base = length // self.chunk_len * self.chunk_len
         if length > base:  # the new last chunk keeps [base, length)
-            chunk, _ = self._chunk(length // self.chunk_len, keep=length - base, required=True)
-            self._put_chunk(length // self.chunk_len, chunk[:length - base])
+            k = length // self.chunk_len
+            self._put_chunk(k, self._chunk(k, length - base, length - base, required=True))
         self._set_shape(length)
 
-    def _chunk(self, k: int, keep: int, required: bool) -> tuple[np.ndarray, int]:
-        """(chunk k's values to change, how many of them were read): its first `keep` values
-        (at most a chunk) read from its file, zeros after them (the array's values past its
-        shape are zeros: writes and truncations leave them so). required: values written
-        before lie before the ones to write, so the file must be there (a missing one is
-        damage, not zeros to commit in their place); else a missing file reads as zeros."""
-        chunk = np.zeros(self.chunk_len, self.dtype)
+    def _chunk(self, k: int, keep: int, upto: int, required: bool) -> np.ndarray:
+        """The start of chunk k to change, as long as the values to keep and the first `upto`:
+        its first `keep` values (at most a chunk) read from its file, zeros after them (the
+        array's values past its shape are zeros: writes and truncations leave them so; the rest
+        of the chunk is left to its file's hole). required: values written before lie before the
+        ones to write, so the file must be there (a missing one is damage, not zeros to commit in
+        their place); else a missing file reads as zeros."""
         keep = min(max(keep, 0), self.chunk_len)
+        chunk = np.zeros(max(keep, upto), self.dtype)
         if not keep:
-            return chunk, 0
+            return chunk
         full = self.chunk_len * self.dtype.itemsize
         try:
             with open(self.chunk_path(k), "rb") as f:
@@ -167,12 +168,12 @@ class PlainArray:
             if required:
                 raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
                                         f"(it holds values written before)") from None
-            return chunk, 0
+            return chunk
         if size != full:  # committed values in it
             raise StoreCorruptError(f"chunk file {self.chunk_path(k)} holds {size} bytes, not "
                                     f"{full}")
         chunk[:keep] = np.frombuffer(data, self.dtype)
-        return chunk, keep
+        return chunk
 
     def _touch(self, path: Path) -> Path:
         self.touched.update((path, path.parent))
