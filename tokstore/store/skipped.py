@@ -29,7 +29,7 @@ def encode(entries) -> bytes:
     UTF-8 (Python's surrogate escapes) comes back as it was."""
     if not _is_entry_list(entries):
         raise StoreError("meta 'skipped' must be a list of dicts")
-    if any(_depth(e) > MAX_DEPTH for e in entries):
+    if _depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # the list's own level, then its entries'
         raise StoreError(f"meta 'skipped': an entry is nested more than {MAX_DEPTH} deep")
     line = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
     try:
@@ -58,8 +58,9 @@ def decode(data: bytes, region: dict, where: str) -> list[dict]:
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise damaged(f"line {number} is not an object")
-        if _depth(entry) > MAX_DEPTH:
-            raise damaged(f"line {number} is nested more than {MAX_DEPTH} deep")
+    if _depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # all at once; one by one to name it
+        number = next(n for n, entry in enumerate(entries, 1) if _depth(entry) > MAX_DEPTH)
+        raise damaged(f"line {number} is nested more than {MAX_DEPTH} deep")
     if len(entries) != region["count"]:
         raise damaged(f"{len(entries)} entries, the commit record says {region['count']}")
     return entries
@@ -85,11 +86,11 @@ def _parse(text: str):
     return json.loads(text, parse_constant=_refuse_constant)
 
 
-def _depth(value) -> int:
+def _depth(value, limit: int = MAX_DEPTH) -> int:
     """How many containers deep `value` is (0 for a scalar), counted level by level without
-    recursion, up to MAX_DEPTH + 1."""
+    recursion, up to limit + 1."""
     depth, level = 0, [value]
-    while depth <= MAX_DEPTH:
+    while depth <= limit:
         level = [v for v in level if isinstance(v, (dict, list))]
         if not level:
             break

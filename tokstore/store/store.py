@@ -185,8 +185,9 @@ class TokenStore:
         writer = self._write()
         meta = json_safe(meta)
         if "skipped" in meta and writer.record.skipped is not None:  # a list in its array
-            skipped_list.encode(meta["skipped"])  # refused now, not at the commit
+            encoded = skipped_list.encode(meta["skipped"])  # refused now, not at the commit
             writer.skipped, meta["skipped"] = meta["skipped"], []  # [] marks: one was set
+            writer.skipped_bytes = encoded
         writer.meta.update(meta)
         writer.dirty = True
 

@@ -45,6 +45,7 @@ class StoreWriter:
                       "text": committed["text"], "lines": committed["line_offsets"] - 1}
         self._hashes: list | None = None  # [large, recent]: every name hash, sorted; on first use
         self.skipped: list | None = None  # a new skipped list for the next commit
+        self.skipped_bytes = b""  # and its encoding (skipped.encode)
         self.dirty = False
 
     @property
@@ -206,7 +207,7 @@ class StoreWriter:
                          skipped=region)
         self.container.write_record(record)  # the commit point
         self.record, self._pending_names, self.dirty = record, [], False
-        self.skipped = None
+        self.skipped, self.skipped_bytes = None, b""
         return record
 
     def _write_skipped(self) -> dict | None:
@@ -214,7 +215,7 @@ class StoreWriter:
         region = self.record.skipped
         if self.skipped is None or region is None:
             return region
-        new = skipped_list.encode(self.skipped)
+        new = self.skipped_bytes
         committed = skipped_list.read(self.container, region)
         if new == committed:
             return region
