@@ -233,3 +233,9 @@ def test_native_maps_warn_only_for_chunks_off_the_page_size(tmp_path, monkeypatc
             assert len(fallbacks) == 1 and "not a multiple of the page size" in fallbacks[0]
         else:
             assert fallbacks == [], fallbacks
+
+
+def test_disk_bytes_are_blocks_where_counted_else_the_length():
+    from types import SimpleNamespace
+    assert oscalls.disk_bytes(SimpleNamespace(st_size=5000, st_blocks=16)) == 8192
+    assert oscalls.disk_bytes(SimpleNamespace(st_size=5000)) == 5000  # Windows: no st_blocks

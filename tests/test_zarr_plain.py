@@ -150,3 +150,51 @@ def test_a_chunk_file_costs_the_bytes_of_its_values_not_its_size(tmp_path):
     expected[:2] = [7, 8]
     expected[array.shape - 1] = 9
     assert np.array_equal(after, expected)
+
+
+def test_a_fifo_in_a_chunk_files_place_is_damage_to_the_writer_too(tmp_path):
+    """The reader refuses a FIFO where a chunk file should be (open_chunk, non-blocking); the
+    writer, reading back the values it keeps, opened it blocking and waited for a writer that
+    never came (a resume or append hung for ever)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK, chunk_bytes=4096) as store:
+        store.append(*batch(0, 5))
+    array = PlainArray.open(path / "codes")
+    chunk = array.chunk_path((array.shape - 1) // array.chunk_len)
+    chunk.unlink()
+    os.mkfifo(chunk)
+    script = ("import sys; from store_samples import batch; from tokstore import TokenStore\n"
+              "try:\n"
+              "    with TokenStore.open(sys.argv[1], mode='a') as s:\n"
+              "        s.append(*batch(5, 6))\n"
+              "except Exception as exc:\n"
+              "    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=os.path.dirname(__file__),
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.startswith("StoreCorruptError") and str(chunk) in done.stdout, done
+
+
+def test_info_says_the_disk_a_store_takes_not_its_files_lengths(tmp_path):
+    """`info`'s size on disk added up file lengths: a small store's chunk files, holes for the
+    most part, counted at 512 KiB each (4.5 MiB reported for 188 KiB used)."""
+    import os
+
+    from typer.testing import CliRunner
+
+    import cli
+
+    if not _makes_holes(tmp_path):
+        pytest.skip("this file system writes the zeros of an extension")
+    path = tmp_path / "s.zarr"
+    with TokenStore.create(path, CODEBOOK) as store:
+        store.append(*batch(0, 10))
+    found = json.loads(CliRunner().invoke(cli.app, ["info", str(path), "--json"]).output)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert found["size_bytes"] == sum(p.stat().st_blocks * 512 for p in files)
+    assert found["size_bytes"] < sum(p.stat().st_size for p in files) / 4
+    assert os.path.getsize(path / "codes" / "c" / "0") == 1 << 19

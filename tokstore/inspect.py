@@ -15,6 +15,7 @@ from tqdm import tqdm
 import tokstore
 from tokstore.errors import TokstoreError
 from tokstore.provenance import Provenance
+from tokstore.store import oscalls
 
 
 class InspectError(TokstoreError):
@@ -67,13 +68,15 @@ def load_recorded_model(meta: dict, checkpoint, device: str = "cpu"):
 
 
 def size_on_disk(path) -> int | None:
-    """Bytes of a local store (a Zarr directory or one HDF5 file); None for a remote URL."""
+    """Bytes of disk a local store (a Zarr directory or one HDF5 file) takes: its files' blocks,
+    where the platform counts them (a Zarr chunk file past its values is a hole), else their
+    lengths; None for a remote URL."""
     path = Path(str(path))
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return None
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()] \
+        if path.is_dir() else None
+    if files is None:
+        return None
+    return sum(oscalls.disk_bytes(f.stat()) for f in files)
 
 
 def store_info(store) -> dict:

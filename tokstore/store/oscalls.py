@@ -122,6 +122,13 @@ def sync_dir(path) -> None:
         os.close(fd)
 
 
+def disk_bytes(info: os.stat_result) -> int:
+    """The disk a file takes, from its stat: its blocks where the platform counts them (a hole
+    takes none), else its length (Windows)."""
+    blocks = getattr(info, "st_blocks", None)  # 512-byte units, whatever the block size
+    return info.st_size if blocks is None else blocks * 512
+
+
 def temp_name(target: Path) -> Path:
     """A fresh name beside target (same directory, so the rename stays on one file system)."""
     return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")

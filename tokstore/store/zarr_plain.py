@@ -160,8 +160,8 @@ class PlainArray:
         if not keep:
             return chunk
         full = self.chunk_len * self.dtype.itemsize
-        try:
-            with open(self.chunk_path(k), "rb") as f:
+        try:  # as the reader opens it: a FIFO put in its place must not block
+            with open(oscalls.open_chunk(str(self.chunk_path(k))), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 data = f.read(keep * self.dtype.itemsize) if size == full else b""
         except FileNotFoundError:
@@ -169,7 +169,7 @@ class PlainArray:
                 raise StoreCorruptError(f"chunk file {self.chunk_path(k)} is missing "
                                         f"(it holds values written before)") from None
             return chunk
-        if size != full:  # committed values in it
+        if size != full or len(data) != keep * self.dtype.itemsize:  # committed values in it
             raise StoreCorruptError(f"chunk file {self.chunk_path(k)} holds {size} bytes, not "
                                     f"{full}")
         chunk[:keep] = np.frombuffer(data, self.dtype)
