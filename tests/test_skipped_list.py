@@ -309,5 +309,45 @@ def test_an_entry_nested_too_deeply_to_read_back_is_refused_when_it_is_set(tmp_p
     for _ in range(200):
         deep = {"detail": deep}
     with TokenStore.create(tmp_path / "s.zarr", 16) as s:
-        with pytest.raises(StoreError, match="nested more than 100 deep"):
+        with pytest.raises(StoreError, match=r"nested more than \d+ deep"):
             s.update_meta({"skipped": [{"name": "x", "detail": deep}]})
+
+
+def _nested(depth):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [200, 5000])
+def test_meta_nested_too_deeply_is_refused_when_it_is_set(tmp_path, depth):
+    """A meta value ~500-990 deep was stored, and then store.meta (and `info`) raised
+    RecursionError; from ~1,000 deep update_meta itself raised it (for the skipped list too)."""
+    with TokenStore.create(tmp_path / "s.zarr", 16) as s:
+        with pytest.raises(StoreError, match="nested more than"):
+            s.update_meta({"x": _nested(depth)})
+        with pytest.raises(StoreError, match="nested more than"):
+            s.update_meta({"skipped": [{"name": "a", "x": _nested(depth)}]})
+        s.update_meta({"x": _nested(100), "skipped": [{"name": "a", "x": _nested(99)}]})
+    with TokenStore.open(tmp_path / "s.zarr") as s:
+        assert s.meta["x"] == _nested(100)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_record_whose_meta_is_nested_too_deeply_is_one_line(tmp_path, suffix):
+    """Such a record (written before, or by hand) is damage that names the store, not a
+    RecursionError traceback."""
+    from build_helpers import run_cli
+
+    path = tmp_path / f"s{suffix}"
+    with TokenStore.create(path, 16) as s:
+        s.append(["a"], [np.arange(3)], [["hi\n"]])
+    record = _raw_record(path)
+    _write_raw_record(path, {**record, "meta": {**record["meta"], "x": _nested(700)}})
+    with TokenStore.open(path) as s:
+        with pytest.raises(StoreCorruptError, match="nested"):
+            s.meta
+    result = run_cli("info", path)
+    assert result.exit_code == 1 and str(path) in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -142,15 +142,37 @@ def crc32(array: np.ndarray, start: int = 0) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), start)
 
 
+MAX_META_DEPTH = 128  # containers within meta: what JSON and a deep copy take back (~450)
+
+
 def json_safe(meta: dict, what: str = "meta") -> dict:
-    """A deep copy of meta, or a StoreError naming why it cannot be stored as JSON."""
+    """A deep copy of meta, or a StoreError naming why it cannot be stored as JSON (or would be
+    stored but never read back: nested more than MAX_META_DEPTH deep)."""
     if not isinstance(meta, dict):
         raise StoreError(f"{what} must be a dict, not {type(meta).__name__}")
+    deep = StoreError(f"{what} is nested more than {MAX_META_DEPTH} deep")
+    if nesting_depth(meta, MAX_META_DEPTH) > MAX_META_DEPTH:
+        raise deep
     try:
         return json.loads(json.dumps(meta, allow_nan=False))
+    except RecursionError:  # a custom container deeper than it looks
+        raise deep from None
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{what} must be JSON-safe (str, int, float, bool, None, list, dict): "
                          f"{exc}") from None
+
+
+def nesting_depth(value, limit: int) -> int:
+    """How many containers (dicts, lists, tuples) deep `value` is (0 for a scalar), counted
+    level by level without recursion, up to limit + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, (dict, list, tuple))]
+        if not level:
+            break
+        depth += 1
+        level = [item for v in level for item in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 @dataclass

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 
 from .errors import StoreCorruptError, StoreError
+from .format import nesting_depth
 
 ARRAY = "skipped"
 EMPTY = {"start": 0, "length": 0, "count": 0, "crc32": 0}
@@ -29,7 +30,7 @@ def encode(entries) -> bytes:
     UTF-8 (Python's surrogate escapes) comes back as it was."""
     if not _is_entry_list(entries):
         raise StoreError("meta 'skipped' must be a list of dicts")
-    if _depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # the list's own level, then its entries'
+    if nesting_depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # the list, then its entries
         raise StoreError(f"meta 'skipped': an entry is nested more than {MAX_DEPTH} deep")
     line = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
     try:
@@ -58,8 +59,9 @@ def decode(data: bytes, region: dict, where: str) -> list[dict]:
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise damaged(f"line {number} is not an object")
-    if _depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # all at once; one by one to name it
-        number = next(n for n, entry in enumerate(entries, 1) if _depth(entry) > MAX_DEPTH)
+    if nesting_depth(entries, MAX_DEPTH + 1) > MAX_DEPTH + 1:  # all at once; one by one to name it
+        number = next(n for n, entry in enumerate(entries, 1)
+                      if nesting_depth(entry, MAX_DEPTH) > MAX_DEPTH)
         raise damaged(f"line {number} is nested more than {MAX_DEPTH} deep")
     if len(entries) != region["count"]:
         raise damaged(f"{len(entries)} entries, the commit record says {region['count']}")
@@ -84,19 +86,6 @@ def _refuse_constant(name: str):
 
 def _parse(text: str):
     return json.loads(text, parse_constant=_refuse_constant)
-
-
-def _depth(value, limit: int = MAX_DEPTH) -> int:
-    """How many containers deep `value` is (0 for a scalar), counted level by level without
-    recursion, up to limit + 1."""
-    depth, level = 0, [value]
-    while depth <= limit:
-        level = [v for v in level if isinstance(v, (dict, list))]
-        if not level:
-            break
-        depth += 1
-        level = [item for v in level for item in (v.values() if isinstance(v, dict) else v)]
-    return depth
 
 
 def _first_bad(lines: list[bytes]) -> str:

@@ -297,7 +297,11 @@ class TokenStore:
     @property
     def meta(self) -> dict:
         source = self._writer.meta if self._writer else self._record.meta
-        meta = copy.deepcopy({k: None if k == "skipped" else v for k, v in source.items()})
+        try:
+            meta = copy.deepcopy({k: None if k == "skipped" else v for k, v in source.items()})
+        except RecursionError:  # a record written by hand or before meta's depth was bounded
+            raise StoreCorruptError(f"{self.path}: the commit record's meta is nested too deeply "
+                                    "to read") from None
         if "skipped" in source:
             meta["skipped"] = self.skipped  # unbounded: copied entry by entry (skipped.copied)
         return meta
