@@ -418,3 +418,44 @@ def test_commit_syncs_every_written_file_before_the_record(tmp_path, backend, mo
         # HDF5's own writes all happen at its flush, before anything here: the first fsync
         # covers them and the payload; the header (the commit point) is written after it
         assert payload < syncs[0] < header < syncs[1]
+
+
+def test_a_sync_failing_past_the_commit_point_says_the_commit_may_be_in(tmp_path, backend,
+                                                                        monkeypatch):
+    """The fsync after the commit point (HDF5: after the record's header; zarr: the folder's,
+    after zarr.json's rename) failed with an error saying the store was as its last commit left
+    it, yet a reopen found the failed commit, and the natural retry met DuplicateNameError."""
+    from tokstore.store import hdf5_container
+
+    path = store_path(tmp_path, backend)
+    with TokenStore.create(path, CODEBOOK, backend=backend, chunk_bytes=4096) as store:
+        store.append(*batch(0, 4))
+    store = TokenStore.open(path, mode="a")
+    store.append(*batch(4, 8))
+    real_fsync, real_replace, real_pwrite = os.fsync, os.replace, oscalls.pwrite_all
+    passed = []  # set at the commit point
+
+    def replace(source, target, *args, **kwargs):
+        real_replace(source, target, *args, **kwargs)
+        if Path(target) == path / "zarr.json":
+            passed.append(True)
+
+    def pwrite_all(fd, data, offset):
+        real_pwrite(fd, data, offset)
+        if len(data) == hdf5_container.SLOT_HEADER.size:
+            passed.append(True)
+
+    def fsync(fd):
+        real_fsync(fd)
+        if passed:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(oscalls, "pwrite_all", pwrite_all)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StoreWriteError, match="may be in the store: reopen it"):
+        store.commit()
+    monkeypatch.undo()
+    store._close(commit=False)
+    with TokenStore.open(path) as store:
+        assert len(store) == 8

@@ -51,10 +51,16 @@ class NameNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# the action of a StoreWriteError raised past a commit point (the sync that makes it durable)
+AFTER_COMMIT_POINT = ("syncing the commit just written (it may be in the store: reopen it to see "
+                      "which commit it holds)")
+
+
 class StoreWriteError(StoreError, OSError):
     """The operating system refused a write (disk full, read-only, I/O error). Nothing after the
-    last commit counts; the store stays valid at it. Also an OSError: `.errno` and `.filename`
-    say what failed where."""
+    last commit counts; the store stays valid at it (where the failure came past a commit
+    point, the action says that this commit may be the last: AFTER_COMMIT_POINT). Also an
+    OSError: `.errno` and `.filename` say what failed where."""
 
     def __init__(self, path: str, action: str, error_number: int | None, reason: str):
         OSError.__init__(self, error_number, reason, path)

@@ -49,8 +49,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, write_growing
-from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
-                     StoreWriteError)
+from .errors import (AFTER_COMMIT_POINT, NotAStoreError, StoreCorruptError, StoreError,
+                     StoreFallbackWarning, StoreWriteError)
 from .format import Record, chunk_length
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -282,15 +282,20 @@ class HDF5Container:
             oscalls.pwrite_all(self._fd, payload, slot + SLOT_HEADER.size)
             os.fsync(self._fd)
             oscalls.pwrite_all(self._fd, header, slot)
-            os.fsync(self._fd)
         except OSError as exc:
             raise self._failure("writing the commit record", exc) from None
-        self._sequence = sequence
+        self._sequence = sequence  # past the commit point: a reopen may find this record
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._failure(AFTER_COMMIT_POINT, exc) from None
 
     def _check_writable(self):
         if self._failed is not None:
             raise StoreError(f"{self.path}: not writing after an earlier failure "
-                             f"({self._failed}); the store is as its last commit left it")
+                             f"({self._failed}); the store is as its last commit left it"
+                             if AFTER_COMMIT_POINT not in self._failed else
+                             f"{self.path}: not writing after an earlier failure ({self._failed})")
 
     def _failure(self, action: str, exc: Exception) -> StoreWriteError:
         """A precise error for an HDF5 or OS failure; nothing more is written after it."""

@@ -26,8 +26,8 @@ import numpy as np
 
 from . import oscalls
 from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
-from .errors import (NotAStoreError, StoreCorruptError, StoreError, StoreFallbackWarning,
-                     StoreWriteError)
+from .errors import (AFTER_COMMIT_POINT, NotAStoreError, StoreCorruptError, StoreError,
+                     StoreFallbackWarning, StoreWriteError)
 from .format import RECORD_KEY, Record, chunk_length
 from . import zarr_plain
 from .zarr_plain import PlainArray, plain_layout
@@ -342,6 +342,7 @@ class ZarrContainer:
         if self._lock is not None:
             self._lock.check()
         where = Path(self._target)
+        data = None  # the new zarr.json, once made
         try:
             if self._root is None:  # a store zarr-python created: the group it wrote
                 self._root = json.loads((where / "zarr.json").read_text())
@@ -352,10 +353,12 @@ class ZarrContainer:
                     oscalls.sync_dir(path) if path.is_dir() else oscalls.sync_file(path)
                 except FileNotFoundError:  # a chunk file a truncation deleted
                     pass
-            oscalls.replace_file(where / "zarr.json",
-                                 json.dumps(root, indent=2, allow_nan=False).encode())
+            data = json.dumps(root, indent=2, allow_nan=False).encode()
+            oscalls.replace_file(where / "zarr.json", data)
         except OSError as exc:
-            raise StoreWriteError.from_os_error(self.path, "committing", exc) from None
+            raise StoreWriteError.from_os_error(
+                self.path, AFTER_COMMIT_POINT if data is not None
+                and _holds(where / "zarr.json", data) else "committing", exc) from None
         self._root = root
         self._touched.clear()
 
@@ -367,3 +370,12 @@ class ZarrContainer:
         if self._creating is not None:  # a creation that did not finish
             shutil.rmtree(self._creating, ignore_errors=True)
             self._creating = None
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` holds `data` (a commit's zarr.json renamed into place before a
+    sync failed), False where it cannot be read."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
