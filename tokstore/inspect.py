@@ -72,9 +72,11 @@ def size_on_disk(path) -> int | None:
     where the platform counts them (a Zarr chunk file past its values is a hole), else their
     lengths; None for a remote URL."""
     path = Path(str(path))
-    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()] \
-        if path.is_dir() else None
-    if files is None:
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+    else:
         return None
     return sum(oscalls.disk_bytes(f.stat()) for f in files)
 
