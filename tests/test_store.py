@@ -598,3 +598,23 @@ def test_tiny_chunks_fall_back_to_a_read_only_copy(copy_of_made, tmp_path):
         assert offsets.flags.owndata and not offsets.flags.writeable
         assert np.array_equal(offsets, np.concatenate([[0], np.cumsum(store.lengths)]))
         assert_samples(store, 0, N)
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_reader_keeps_a_bounded_number_of_chunks_mapped(tmp_path, backend, monkeypatch):
+    """Every chunk a reader mapped stayed mapped: a store of more chunk files than the kernel's
+    vm.max_map_count (65,530: chunk_bytes=8 and ~4,000 samples) read as damaged ("cannot map
+    ...: Cannot allocate memory") and `verify` died with a MemoryError."""
+    from tokstore.store import chunks
+
+    monkeypatch.setattr(chunks, "MAPPED_CHUNKS", 8)
+    path = tmp_path / ("s.zarr" if backend == "zarr" else "s.h5")
+    with TokenStore.create(path, CODEBOOK, backend=backend, chunk_bytes=64) as store:
+        store.append(*batch(0, 200))
+    with TokenStore.open(path) as store:
+        assert [store.codes(i).tolist() for i in range(200)] == [c.tolist()
+                                                                for c in batch(0, 200)[1]]
+        assert store.check() == []
+        codes = store._read().array("codes")
+        assert len(codes._chunks) > 100
+        assert sum(chunk is not None for chunk in codes._chunks) <= 8

@@ -2,8 +2,10 @@
 
 A container hands over a `load(k)` function returning chunk k as a numpy array: a zero-copy view
 of a memory map where the chunk's bytes sit raw in a file (local zarr chunk files, HDF5 chunks at
-their byte offset), else a copy read through the library. Mapped chunks are all kept (a view
-costs nothing until touched); copies are kept in a small most-recently-used cache.
+their byte offset), else a copy read through the library. Mapped chunks are kept, the last
+MAPPED_CHUNKS loaded of them (a view costs nothing until touched, but every map is one of the
+kernel's vm.max_map_count, 65,530 by default, for the whole process); copies are kept in a small
+most-recently-used cache.
 
 A container may also hand over `map_whole()`: all chunk files of the committed prefix mapped
 side by side into one address range (see `map_side_by_side`), so that `read_all()` of a whole
@@ -20,6 +22,8 @@ import numpy as np
 from .errors import StoreCorruptError
 from .oscalls import map_file, map_side_by_side  # noqa: F401 (the containers' maps, made there)
 
+MAPPED_CHUNKS = 2048  # per array: 1 GiB of 512 KiB chunks; a dozen arrays stay far below the limit
+
 
 class ChunkedArray:
     def __init__(self, name: str, dtype: np.dtype, length: int, chunk_len: int,
@@ -28,7 +32,8 @@ class ChunkedArray:
         self.name, self.dtype, self.length, self.chunk_len = name, np.dtype(dtype), length, chunk_len
         self._load, self._map_whole = load, map_whole
         self._chunks: list[np.ndarray | None] = [None] * (-(-length // chunk_len))
-        self._recent: deque[int] | None = None if mapped else deque()
+        self._recent: deque[int] = deque()  # the chunks kept, oldest first
+        self._mapped = mapped
         self._cache_chunks = cache_chunks
         self._empty = np.zeros(0, self.dtype)
         self._empty.flags.writeable = False
@@ -43,10 +48,9 @@ class ChunkedArray:
                                         f"the commit needs {need}")
             chunk.flags.writeable = False
             self._chunks[k] = chunk
-            if self._recent is not None:
-                self._recent.append(k)
-                if len(self._recent) > self._cache_chunks:
-                    self._chunks[self._recent.popleft()] = None
+            self._recent.append(k)
+            if len(self._recent) > (MAPPED_CHUNKS if self._mapped else self._cache_chunks):
+                self._chunks[self._recent.popleft()] = None  # views handed out keep their map
         return chunk
 
     def read(self, start: int, stop: int) -> np.ndarray:
