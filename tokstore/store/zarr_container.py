@@ -56,6 +56,7 @@ class ZarrContainer:
         self._creating: Path | None = None  # the temporary directory while being created
         self._root: dict | None = None      # the root zarr.json, rewritten at each commit
         self._touched: set[Path] = set()    # files and directories written since the last commit
+        self._failed: str | None = None     # a commit failed past its commit point: no more writes
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -285,7 +286,14 @@ class ZarrContainer:
                                                 self._touched)
         return self._plain[name]
 
+    def _check_writable(self):
+        """A commit that failed past its commit point may be the store's last: this object's
+        next one would write over the counts slot that record names. Reopen instead."""
+        if self._failed is not None:
+            raise StoreError(f"{self.path}: not writing after an earlier failure ({self._failed})")
+
     def write(self, name: str, start: int, values: np.ndarray):
+        self._check_writable()
         plain = self._plain_array(name)
         array = self._zarr_array(name) if plain is None else None  # its errors name the store
         try:
@@ -301,6 +309,7 @@ class ZarrContainer:
             raise StoreCorruptError(f"{self.path}: {name}: {exc}") from None
 
     def truncate(self, name: str, length: int):
+        self._check_writable()
         plain = self._plain_array(name)
         array = self._zarr_array(name) if plain is None else None  # its errors name the store
         try:
@@ -339,6 +348,7 @@ class ZarrContainer:
                 raise StoreWriteError.from_os_error(self.path, "writing the commit record",
                                                     exc) from None
             return
+        self._check_writable()
         if self._lock is not None:
             self._lock.check()
         where = Path(self._target)
@@ -356,9 +366,12 @@ class ZarrContainer:
             data = json.dumps(root, indent=2, allow_nan=False).encode()
             oscalls.replace_file(where / "zarr.json", data)
         except OSError as exc:
-            raise StoreWriteError.from_os_error(
-                self.path, AFTER_COMMIT_POINT if data is not None
-                and _holds(where / "zarr.json", data) else "committing", exc) from None
+            landed = data is not None and _may_hold(where / "zarr.json", data)
+            error = StoreWriteError.from_os_error(
+                self.path, AFTER_COMMIT_POINT if landed else "committing", exc)
+            if landed:
+                self._failed = str(error)
+            raise error from None
         self._root = root
         self._touched.clear()
 
@@ -372,10 +385,10 @@ class ZarrContainer:
             self._creating = None
 
 
-def _holds(path: Path, data: bytes) -> bool:
-    """Whether the file at `path` holds `data` (a commit's zarr.json renamed into place before a
-    sync failed), False where it cannot be read."""
+def _may_hold(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` may hold `data` (a commit's zarr.json renamed into place before
+    a sync failed): it does, or it cannot be read back to tell."""
     try:
         return path.read_bytes() == data
     except OSError:
-        return False
+        return True
