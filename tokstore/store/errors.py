@@ -56,6 +56,13 @@ AFTER_COMMIT_POINT = ("syncing the commit just written (it may be in the store: 
                       "which commit it holds)")
 
 
+def refused_after_failure(path: str, failure: str) -> StoreError:
+    """What a container that stopped writing after `failure` answers every later write (a
+    failure past a commit point may have left that commit as the last one)."""
+    kept = "" if AFTER_COMMIT_POINT in failure else "; the store is as its last commit left it"
+    return StoreError(f"{path}: not writing after an earlier failure ({failure}){kept}")
+
+
 class StoreWriteError(StoreError, OSError):
     """The operating system refused a write (disk full, read-only, I/O error). Nothing after the
     last commit counts; the store stays valid at it (where the failure came past a commit

@@ -50,7 +50,7 @@ import numpy as np
 from . import oscalls
 from .chunks import ChunkedArray, map_file, write_growing
 from .errors import (AFTER_COMMIT_POINT, NotAStoreError, StoreCorruptError, StoreError,
-                     StoreFallbackWarning, StoreWriteError)
+                     StoreFallbackWarning, StoreWriteError, refused_after_failure)
 from .format import Record, chunk_length
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -292,10 +292,7 @@ class HDF5Container:
 
     def _check_writable(self):
         if self._failed is not None:
-            raise StoreError(f"{self.path}: not writing after an earlier failure "
-                             f"({self._failed}); the store is as its last commit left it"
-                             if AFTER_COMMIT_POINT not in self._failed else
-                             f"{self.path}: not writing after an earlier failure ({self._failed})")
+            raise refused_after_failure(self.path, self._failed)
 
     def _failure(self, action: str, exc: Exception) -> StoreWriteError:
         """A precise error for an HDF5 or OS failure; nothing more is written after it."""

@@ -27,7 +27,7 @@ import numpy as np
 from . import oscalls
 from .chunks import ChunkedArray, map_file, map_side_by_side, truncate_chunked, write_growing
 from .errors import (AFTER_COMMIT_POINT, NotAStoreError, StoreCorruptError, StoreError,
-                     StoreFallbackWarning, StoreWriteError)
+                     StoreFallbackWarning, StoreWriteError, refused_after_failure)
 from .format import RECORD_KEY, Record, chunk_length
 from . import zarr_plain
 from .zarr_plain import PlainArray, plain_layout
@@ -290,7 +290,7 @@ class ZarrContainer:
         """A commit that failed past its commit point may be the store's last: this object's
         next one would write over the counts slot that record names. Reopen instead."""
         if self._failed is not None:
-            raise StoreError(f"{self.path}: not writing after an earlier failure ({self._failed})")
+            raise refused_after_failure(self.path, self._failed)
 
     def write(self, name: str, start: int, values: np.ndarray):
         self._check_writable()
